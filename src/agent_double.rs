@@ -1,0 +1,1 @@
+//! Stand-in for the ECS agent endpoints (being written).
