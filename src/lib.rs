@@ -1,4 +1,29 @@
-//! queue-worker: an SQS worker for Amazon ECS that holds task scale-in protection while jobs run.
+//! queue-worker: an SQS worker for Amazon ECS that holds task scale-in protection while jobs run,
+//! so that scaling in or deploying never kills a task in the middle of a job.
 //!
-//! - [`agent_double`]: a faithful stand-in for the ECS agent's task-protection and metadata endpoints (tests, demo).
+//! - [`worker`]: the protected long-poll loop, job tasks, and the two-phase shutdown.
+//! - [`handler`]: the handler boundary ([`Handler`], [`Job`], [`Outcome`]) and the simulated job.
+//! - [`protection`]: the protection actor and its backends (agent endpoint, ECS API).
+//! - [`sqs`]: counted SQS calls, the batching deleter and the visibility keeper.
+//! - [`config`]: flags and env vars parsed once into a validated [`Config`].
+//! - [`send`]: the `send` command (test messages).
+//! - [`cli`]: the command line and exit codes; `main.rs` only calls [`cli::main`].
+//! - [`agent_double`]: a faithful stand-in for the ECS agent endpoints (tests, demo).
+//! - [`backoff`], [`limits`], [`stats`], [`telemetry`]: small shared pieces.
+
 pub mod agent_double;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod handler;
+pub mod limits;
+pub mod protection;
+pub mod send;
+pub mod sqs;
+pub mod stats;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Config;
+pub use handler::{handler_fn, Handler, Job, Outcome};
+pub use worker::run;

@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# Image for the queue-worker Copilot Worker Service (copilot/queue-worker/manifest.yml).
+
+# ---- builder ---------------------------------------------------------------
+# Debian bookworm, like the runtime image below, so the glibc the binary links
+# against is the one it runs with. The slim image ships gcc and libc6-dev, which
+# the C parts of the TLS stack (aws-lc-sys, ring) need.
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /build
+
+# Dependency layer: build every dependency against placeholder sources, so that
+# a change under src/ does not rebuild the whole dependency tree.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked --bin queue-worker \
+    && rm -rf src \
+        target/release/queue-worker* \
+        target/release/deps/queue_worker-* \
+        target/release/deps/libqueue_worker-* \
+        target/release/.fingerprint/queue-worker-*
+
+# The real sources. COPY keeps the files' modification times, which can be older
+# than the placeholder build; the fingerprints removed above and the touch make
+# cargo rebuild the crate anyway.
+COPY src ./src
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin queue-worker
+
+# ---- runtime ---------------------------------------------------------------
+# distroless/cc: glibc, libgcc_s and CA certificates, no shell and no package
+# manager. scripts/check-ldd.sh checks the binary needs nothing else.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /build/target/release/queue-worker /usr/local/bin/queue-worker
+# distroless's "nonroot" user, given numerically so the runtime can check it is
+# not root without reading /etc/passwd (the base image already runs as it).
+USER 65532:65532
+# ECS sends SIGTERM, then SIGKILL after the container's StopTimeout (60 s, set in
+# the manifest); the worker drains within WORKER_SHUTDOWN_TIMEOUT (25 s).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/queue-worker"]
+CMD ["run"]

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set the worker service's desired count to 0 and watch ECS: tasks that hold
+# scale-in protection keep running until their jobs finish (or the protection
+# expires), then stop.
+#
+# Usage: scripts/scale-to-zero.sh [--app NAME] [--env NAME] [--name NAME] [-- ARGS...]
+#   defaults: --app queue-worker-demo --env test --name queue-worker
+#   Everything after `--` goes to `queue-worker ecs scale` unchanged.
+# The binary is $QUEUE_WORKER, else target/release/queue-worker, else
+# queue-worker on PATH.
+# Note: the manifest's count.range has min 1, so Application Auto Scaling may
+# raise the desired count back to 1 at its next scaling action; run
+# scripts/deploy.sh to return to the manifest's settings afterwards.
+set -euo pipefail
+
+app=queue-worker-demo
+env_name="test"
+name=queue-worker
+extra_args=()
+
+die() {
+    echo "scale-to-zero: $*" >&2
+    exit 1
+}
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
+
+while (($#)); do
+    case "$1" in
+        --app) app="${2:?--app needs a value}"; shift 2 ;;
+        --env) env_name="${2:?--env needs a value}"; shift 2 ;;
+        --name) name="${2:?--name needs a value}"; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; extra_args=("$@"); break ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [[ -n "${QUEUE_WORKER:-}" ]]; then
+    command -v "$QUEUE_WORKER" >/dev/null 2>&1 || die "QUEUE_WORKER=$QUEUE_WORKER is not executable"
+    worker="$QUEUE_WORKER"
+elif [[ -x "$ROOT/target/release/queue-worker" ]]; then
+    worker="$ROOT/target/release/queue-worker"
+elif command -v queue-worker >/dev/null 2>&1; then
+    worker=queue-worker
+else
+    die "queue-worker binary not found; run 'cargo build --release' or set QUEUE_WORKER"
+fi
+
+if command -v aws >/dev/null 2>&1; then
+    aws sts get-caller-identity >/dev/null 2>&1 ||
+        die "no valid AWS credentials (aws sts get-caller-identity failed); run 'aws configure' or set AWS_PROFILE"
+else
+    echo "scale-to-zero: note: aws CLI not found, skipping the credentials check"
+fi
+
+exec "$worker" ecs scale --app "$app" --env "$env_name" --name "$name" --desired 0 --watch "${extra_args[@]}"

@@ -1,0 +1,193 @@
+//! The command line: `run` (default), `send`; each subcommand's settings come from flags or env.
+//! [`main`] maps every outcome to an exit code, so `src/main.rs` stays a few lines.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, ProtectionBackendKind, RunArgs};
+use crate::handler::SimulatedJob;
+use crate::protection::{agent::AgentBackend, ecs_api::EcsApiBackend, Protector, Timing};
+use crate::send::SendArgs;
+use crate::sqs::Sqs;
+use crate::stats::Stats;
+use crate::telemetry::{self, LogFormat};
+
+/// Exit code for bad settings (like clap's own usage errors).
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "queue-worker",
+    version,
+    about = "SQS worker for Amazon ECS that holds task scale-in protection while jobs run"
+)]
+pub struct Cli {
+    /// Log format: text for terminals, json for CloudWatch.
+    #[arg(
+        long,
+        env = "WORKER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the queue (the default command).
+    Run(Box<RunArgs>),
+    /// Send test messages for the simulated job.
+    Send(SendArgs),
+}
+
+/// Loads AWS settings the standard way (env, profile, container credentials, `AWS_ENDPOINT_URL`).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// Builds the protection actor the settings ask for.
+pub fn build_protector(
+    cfg: &crate::config::ProtectionConfig,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Protector, String> {
+    let timing = Timing::new(cfg.duration, cfg.min_hold);
+    match &cfg.backend {
+        ProtectionBackendKind::Off { reason } => {
+            tracing::info!("task protection off: {reason}");
+            Ok(Protector::disabled())
+        }
+        ProtectionBackendKind::Agent { agent_uri } => {
+            let b = AgentBackend::new(agent_uri)
+                .map_err(|e| format!("cannot build the agent client: {e}"))?;
+            Ok(Protector::start(Arc::new(b), timing))
+        }
+        ProtectionBackendKind::EcsApi { metadata_uri } => {
+            let b = EcsApiBackend::new(aws_sdk_ecs::Client::new(sdk), metadata_uri)
+                .map_err(|e| format!("cannot build the metadata client: {e}"))?;
+            Ok(Protector::start(Arc::new(b), timing))
+        }
+    }
+}
+
+/// Fires the token on SIGTERM or SIGINT (a second signal does not kill: the drain has a deadline).
+pub fn shutdown_on_signals(
+    token: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = token.cancelled(), if token.is_cancelled() => return,
+            };
+            if token.is_cancelled() {
+                tracing::info!("{name} received again; already shutting down");
+            } else {
+                tracing::info!("{name} received");
+                token.cancel();
+            }
+        }
+    }))
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("queue-worker: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Parses the command line, runs the command, and returns the process exit code.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let command = match cli.command {
+        Some(c) => c,
+        // No subcommand: `run`, configured from the environment (what the container does).
+        None => match RunArgs::try_parse_from_env() {
+            Ok(a) => Command::Run(Box::new(a)),
+            Err(e) => e.exit(),
+        },
+    };
+    match command {
+        Command::Run(args) => run(*args).await,
+        Command::Send(args) => send(args).await,
+    }
+}
+
+impl RunArgs {
+    fn try_parse_from_env() -> Result<Self, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        Only::try_parse_from(["queue-worker"]).map(|o| o.run)
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let sdk = aws_config().await;
+    let protector = match build_protector(&config.protection, &sdk) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("queue-worker: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let signals = match shutdown_on_signals(shutdown.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("queue-worker: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sqs = Sqs::new(aws_sdk_sqs::Client::new(&sdk), Arc::new(Stats::default()));
+    let result = crate::worker::run(
+        config,
+        sqs,
+        protector,
+        Arc::new(SimulatedJob),
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    signals.abort();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-worker: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn send(args: SendArgs) -> ExitCode {
+    let (queue, bodies) = match args.queue().and_then(|q| Ok((q, args.bodies()?))) {
+        Ok(v) => v,
+        Err(e) => return config_error(&e),
+    };
+    let sdk = aws_config().await;
+    let client = aws_sdk_sqs::Client::new(&sdk);
+    match crate::send::send(&client, &queue, bodies, args.parallel).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Service limits as named constants, each with where the number comes from.
+
+use std::time::Duration;
+
+/// `ReceiveMessage.MaxNumberOfMessages` is 1..=10 (SQS API reference).
+pub const SQS_MAX_RECEIVE_BATCH: usize = 10;
+/// `DeleteMessageBatch` / `ChangeMessageVisibilityBatch` / `SendMessageBatch` take at most 10 entries.
+pub const SQS_MAX_BATCH_ENTRIES: usize = 10;
+/// `ReceiveMessage.WaitTimeSeconds` is 0..=20.
+pub const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
+/// A message's visibility can never reach past 12 hours after it was received.
+pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+/// Safety margin kept below the 12-hour limit, since our clock and SQS's differ a little.
+pub const SQS_VISIBILITY_MARGIN: Duration = Duration::from_secs(60);
+/// Message bodies are at most 1 MiB.
+pub const SQS_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `ExpiresInMinutes` accepted by the agent endpoint and by `UpdateTaskProtection`: 1..=2880.
+pub const ECS_MAX_PROTECTION_MINUTES: u64 = 2880;
+/// The agent's HTTP server cuts requests at 5 s; our client waits a little longer so that the
+/// agent's own 504 reaches us instead of our timeout.
+pub const ECS_AGENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(7);
+/// ECS sends SIGKILL 30 s after SIGTERM unless `stopTimeout` says otherwise.
+pub const ECS_DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,399 @@
+//! ECS task scale-in protection: the backends that set it ([`agent`], [`ecs_api`]) and the
+//! [`Protector`], a small actor that takes, refreshes and releases protection as the poll loop asks.
+//!
+//! The poll loop only says what it wants ([`Want`]); the actor owns the timing: refresh at 80 % of
+//! the grant, never release sooner than the minimum hold, back off on transient errors, and give
+//! up (with one warning) on permanent ones. Every call is bounded, so nothing here can hang the
+//! worker.
+
+pub mod agent;
+pub mod ecs_api;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a successful call reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub enabled: bool,
+    /// `ExpirationDate` as the backend wrote it (for logs).
+    pub expiration: Option<String>,
+}
+
+/// Why protection could not be set.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProtectionError {
+    /// Worth retrying: throttling, 429, 5xx, timeouts, a refusal that may pass.
+    #[error("{0}")]
+    Transient(String),
+    /// Will not change by retrying: the task is standalone, or the role lacks permission.
+    #[error("{problem}; fix: {fix}")]
+    Permanent { problem: String, fix: String },
+}
+
+/// Something that can turn protection on (for `minutes`) or off.
+pub trait ProtectionBackend: Send + Sync + 'static {
+    fn set(&self, enabled: bool, minutes: u32) -> BoxFuture<'_, Result<Granted, ProtectionError>>;
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+}
+
+/// What the poll loop asks of the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Be protected, and stay protected at least until this instant.
+    Hold { until: Instant },
+    /// No work: release (once the minimum hold has passed).
+    Release,
+}
+
+/// What the actor reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Protection is off by configuration: never wait for it.
+    Disabled,
+    /// Permanently refused (warned once): the worker runs unprotected.
+    Unavailable,
+    /// Not protected.
+    Released,
+    /// Wanted but not held: the last attempt failed and a retry is scheduled.
+    Failing,
+    /// Protected until this instant (by our own conservative clock).
+    Held { expires: Instant },
+}
+
+impl Status {
+    /// May the loop receive messages that must be protected until `until`?
+    pub fn covers(&self, until: Instant) -> bool {
+        match *self {
+            Status::Disabled | Status::Unavailable => true,
+            Status::Held { expires } => expires >= until,
+            Status::Released | Status::Failing => false,
+        }
+    }
+}
+
+/// Timing of the protection actor.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub duration: Duration,
+    pub min_hold: Duration,
+    /// Backoff between failed calls.
+    pub retry: Backoff,
+}
+
+impl Timing {
+    pub fn new(duration: Duration, min_hold: Duration) -> Self {
+        Self {
+            duration,
+            min_hold,
+            retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(20)),
+        }
+    }
+    fn minutes(&self) -> u32 {
+        (self.duration.as_secs() / 60).max(1) as u32
+    }
+    fn refresh_after(&self) -> Duration {
+        self.duration.mul_f64(0.8)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    since: Instant,
+    refreshed: Instant,
+    expires: Instant,
+}
+
+/// Handle to the protection actor (or to nothing, when protection is off).
+pub struct Protector {
+    want: watch::Sender<Want>,
+    status: watch::Receiver<Status>,
+    actor: Option<Actor>,
+}
+
+struct Actor {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Option<Held>>,
+    backend: Arc<dyn ProtectionBackend>,
+    minutes: u32,
+}
+
+impl Protector {
+    /// No protection: [`Status::Disabled`] for ever, no calls.
+    pub fn disabled() -> Self {
+        let (want, _) = watch::channel(Want::Release);
+        let (_tx, status) = watch::channel(Status::Disabled);
+        Self {
+            want,
+            status,
+            actor: None,
+        }
+    }
+
+    /// Starts the actor. Its task is owned by the returned handle and ended by [`Protector::shutdown`].
+    pub fn start(backend: Arc<dyn ProtectionBackend>, timing: Timing) -> Self {
+        let (want, want_rx) = watch::channel(Want::Release);
+        let (status_tx, status) = watch::channel(Status::Released);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_actor(
+            backend.clone(),
+            timing,
+            want_rx,
+            status_tx,
+            stop.clone(),
+        ));
+        Self {
+            want,
+            status,
+            actor: Some(Actor {
+                stop,
+                task,
+                backend,
+                minutes: timing.minutes(),
+            }),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// A receiver for status changes (metrics, tests).
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.actor.is_some()
+    }
+
+    /// Asks for protection that lasts at least until `until`. Cheap when already satisfied.
+    pub fn hold_until(&self, until: Instant) {
+        self.want.send_if_modified(|w| match *w {
+            // Nudging the actor for every receive would be wasted wake-ups: only when the need grows.
+            Want::Hold { until: old } if old + Duration::from_secs(1) >= until => false,
+            _ => {
+                *w = Want::Hold { until };
+                true
+            }
+        });
+    }
+
+    /// Asks for release (after the minimum hold).
+    pub fn release(&self) {
+        self.want.send_if_modified(|w| {
+            let changed = *w != Want::Release;
+            *w = Want::Release;
+            changed
+        });
+    }
+
+    /// Waits until the status satisfies `pred`, or `cancel` fires (returns false then).
+    pub async fn wait_for(
+        &self,
+        cancel: &CancellationToken,
+        pred: impl Fn(&Status) -> bool,
+    ) -> bool {
+        let mut rx = self.status.clone();
+        tokio::select! {
+            r = rx.wait_for(|s| pred(s)) => r.is_ok(),
+            _ = cancel.cancelled() => false,
+        }
+    }
+
+    /// Stops the actor and releases protection if held, giving up at `deadline`.
+    pub async fn shutdown(self, deadline: Instant) {
+        let Some(actor) = self.actor else { return };
+        actor.stop.cancel();
+        let held = match actor.task.await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "protection actor failed");
+                None
+            }
+        };
+        if held.is_none() {
+            return;
+        }
+        match tokio::time::timeout_at(deadline, actor.backend.set(false, actor.minutes)).await {
+            Ok(Ok(_)) => tracing::info!("protection released (shutdown)"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not release protection at shutdown; it expires by itself")
+            }
+            Err(_) => {
+                tracing::warn!("protection release timed out at shutdown; it expires by itself")
+            }
+        }
+    }
+}
+
+async fn run_actor(
+    backend: Arc<dyn ProtectionBackend>,
+    timing: Timing,
+    mut want_rx: watch::Receiver<Want>,
+    status_tx: watch::Sender<Status>,
+    stop: CancellationToken,
+) -> Option<Held> {
+    let mut held: Option<Held> = None;
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let minutes = timing.minutes();
+    let publish = |s: Status| {
+        status_tx.send_if_modified(|old| {
+            let changed = *old != s;
+            *old = s;
+            changed
+        });
+    };
+
+    loop {
+        if stop.is_cancelled() {
+            return held;
+        }
+        let now = Instant::now();
+        if let Some(h) = held {
+            if now >= h.expires {
+                tracing::warn!("protection expired before it could be refreshed");
+                held = None;
+            }
+        }
+        let want = *want_rx.borrow_and_update();
+        let retry_ok = retry_at.is_none_or(|t| now >= t);
+        let mut wake: Option<Instant> = retry_at.filter(|_| !retry_ok);
+
+        // Decide whether to call the backend now, and with what.
+        let call = match (want, held) {
+            (Want::Hold { until }, h) => {
+                let due = match h {
+                    None => true,
+                    Some(h) => now >= h.refreshed + timing.refresh_after() || h.expires < until,
+                };
+                if let Some(h) = h {
+                    // Wake for the next refresh, or (while a retry is pending) to notice expiry.
+                    // Never a time already past: that would spin.
+                    if !due {
+                        wake = min_opt(wake, Some(h.refreshed + timing.refresh_after()));
+                    }
+                    wake = min_opt(wake, Some(h.expires));
+                }
+                (due && retry_ok).then_some(true)
+            }
+            (Want::Release, Some(h)) => {
+                let earliest = h.since + timing.min_hold;
+                wake = min_opt(wake, Some(earliest.max(retry_at.unwrap_or(earliest))));
+                wake = min_opt(wake, Some(h.expires));
+                (now >= earliest && retry_ok).then_some(false)
+            }
+            (Want::Release, None) => None,
+        };
+
+        if let Some(enable) = call {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = backend.set(enable, minutes) => r,
+                _ = stop.cancelled() => return held,
+            };
+            match (enable, result) {
+                (true, Ok(g)) if g.enabled => {
+                    let was_held = held.is_some();
+                    held = Some(Held {
+                        since: held.map_or(started, |h| h.since),
+                        refreshed: started,
+                        // Counted from before the call: the agent's clock started later, so we err early.
+                        expires: started + timing.duration,
+                    });
+                    failures = 0;
+                    retry_at = None;
+                    let exp = g.expiration.as_deref().unwrap_or("unknown");
+                    if was_held {
+                        tracing::info!(
+                            expires = exp,
+                            backend = backend.name(),
+                            "protection refreshed"
+                        );
+                    } else {
+                        tracing::info!(
+                            expires = exp,
+                            backend = backend.name(),
+                            "protection acquired"
+                        );
+                    }
+                }
+                (false, Ok(_)) => {
+                    held = None;
+                    failures = 0;
+                    retry_at = None;
+                    tracing::info!(backend = backend.name(), "protection released");
+                }
+                (true, Ok(_)) => {
+                    failures += 1;
+                    let d = timing.retry.delay(failures - 1);
+                    retry_at = Some(Instant::now() + d);
+                    tracing::warn!(
+                        retry_in_ms = d.as_millis() as u64,
+                        "agent answered but did not enable protection; retrying"
+                    );
+                }
+                (_, Err(ProtectionError::Transient(e))) => {
+                    failures += 1;
+                    let d = timing.retry.delay(failures - 1);
+                    retry_at = Some(Instant::now() + d);
+                    let what = if enable { "take" } else { "release" };
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "could not {what} protection; retrying (no new messages are received until it is held)");
+                }
+                (_, Err(e @ ProtectionError::Permanent { .. })) => {
+                    tracing::warn!(error = %e, "task protection is unavailable; the worker goes on WITHOUT protection, so ECS may stop it mid-job");
+                    publish(Status::Unavailable);
+                    // Permanent: no more calls. Wait for the end, holding nothing.
+                    stop.cancelled().await;
+                    return None;
+                }
+            }
+            publish(status_of(want, held, Instant::now()));
+            continue;
+        }
+
+        publish(status_of(want, held, now));
+        tokio::select! {
+            _ = want_rx.changed() => {}
+            _ = sleep_until_opt(wake) => {}
+            _ = stop.cancelled() => return held,
+        }
+    }
+}
+
+fn status_of(want: Want, held: Option<Held>, now: Instant) -> Status {
+    match (held, want) {
+        (Some(h), _) if h.expires > now => Status::Held { expires: h.expires },
+        (_, Want::Hold { .. }) => Status::Failing,
+        (_, Want::Release) => Status::Released,
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,58 @@
+//! Counters the worker keeps about itself: read by tests, the benchmark and the metrics endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        /// Live counters, shared by every part of the worker.
+        #[derive(Debug, Default)]
+        pub struct Stats { $(#[doc = $doc] pub $name: AtomicU64,)* }
+
+        /// A copy of [`Stats`] at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        pub struct Snapshot { $(#[doc = $doc] pub $name: u64,)* }
+
+        impl Stats {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    receive_requests: "ReceiveMessage requests sent",
+    receive_errors: "ReceiveMessage requests that failed",
+    empty_receives: "ReceiveMessage requests that returned no message",
+    messages_received: "messages received",
+    messages_returned: "messages handed back unstarted (visibility 0), e.g. after shutdown",
+    delete_requests: "DeleteMessageBatch requests sent",
+    delete_errors: "delete entries or requests that failed",
+    messages_deleted: "messages deleted",
+    visibility_requests: "ChangeMessageVisibility(Batch) requests sent",
+    visibility_errors: "visibility entries or requests that failed",
+    visibility_extensions: "visibility extensions of running jobs",
+    dead_letter_requests: "SendMessage requests to the dead-letter queue",
+    jobs_started: "jobs started",
+    jobs_succeeded: "jobs that succeeded",
+    jobs_failed: "jobs that failed (retry or permanent), panics included",
+    jobs_panicked: "jobs whose handler panicked",
+    jobs_cancelled: "jobs cancelled at the shutdown deadline",
+    jobs_dead_lettered: "messages the worker moved to the dead-letter queue",
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Snapshot {
+    /// All SQS requests the worker sent.
+    pub fn sqs_requests(&self) -> u64 {
+        self.receive_requests
+            + self.delete_requests
+            + self.visibility_requests
+            + self.dead_letter_requests
+    }
+}

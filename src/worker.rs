@@ -1,0 +1,522 @@
+//! The poll loop and the life of a job.
+//!
+//! [`run`] starts the helpers (deleter, visibility keeper), runs [`poll_loop`] until `shutdown`
+//! fires, then stops in two phases: no more receives, running jobs get until the shutdown
+//! deadline, the rest are cancelled and their messages returned at once; deletes are flushed and
+//! protection is released last.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Config, ProtectMode};
+use crate::handler::{unwrap_sns, Handler, Job, Outcome};
+use crate::limits::SQS_MAX_RECEIVE_BATCH;
+use crate::protection::{Protector, Status};
+use crate::sqs::{Deleter, PendingDelete, QueueInfo, Received, Sqs, SqsError, VisibilityKeeper};
+use crate::stats::{Snapshot, Stats};
+
+/// Extra protection cover asked for beyond a long poll, so messages never arrive unprotected.
+const COVER_MARGIN: Duration = Duration::from_secs(5);
+/// After the shutdown deadline, how long the final calls (returns, deletes, release) may take.
+const CLEANUP_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("queue {queue_url} is not usable: {source}; check the URL, the region and the task role's sqs permissions")]
+    Queue { queue_url: String, source: SqsError },
+}
+
+/// Everything a job task needs, shared.
+struct Shared<H> {
+    config: Config,
+    queue: QueueInfo,
+    sqs: Sqs,
+    handler: Arc<H>,
+    keeper: VisibilityKeeper,
+    deletes: mpsc::UnboundedSender<PendingDelete>,
+    /// Fires at the shutdown deadline: running jobs are cancelled.
+    deadline: CancellationToken,
+    running: AtomicUsize,
+}
+
+/// Runs the worker until `shutdown` fires and the drain completes. Returns the final counters.
+pub async fn run<H: Handler>(
+    config: Config,
+    sqs: Sqs,
+    protector: Protector,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<Snapshot, WorkerError> {
+    let queue = match sqs.inspect(&config.queue_url).await {
+        Ok(q) => q,
+        Err(e) if e.is_permanent() || e.code == "no-code" => {
+            return Err(WorkerError::Queue {
+                queue_url: config.queue_url.clone(),
+                source: e,
+            })
+        }
+        Err(e) => {
+            // A missing sqs:GetQueueAttributes must not stop the worker; assume a redrive exists.
+            tracing::warn!(error = %e, "could not read the queue's attributes; assuming it has a redrive policy");
+            QueueInfo {
+                has_redrive: true,
+                fifo: config.queue_url.ends_with(".fifo"),
+            }
+        }
+    };
+    tracing::info!(
+        queue_url = %config.queue_url,
+        concurrency = config.concurrency,
+        protection = if protector.is_enabled() { "on" } else { "off" },
+        redrive = queue.has_redrive,
+        "worker started"
+    );
+
+    let stats = sqs.stats.clone();
+    let deleter = Deleter::start(sqs.clone(), config.queue_url.clone(), config.delete_linger);
+    let keeper = VisibilityKeeper::new(config.visibility_timeout);
+    let keeper_stop = CancellationToken::new();
+    let helpers = TaskTracker::new();
+    helpers.spawn(
+        keeper
+            .clone()
+            .run(sqs.clone(), config.queue_url.clone(), keeper_stop.clone()),
+    );
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        queue,
+        sqs,
+        handler,
+        keeper,
+        deletes: deleter.sender(),
+        deadline: CancellationToken::new(),
+        running: AtomicUsize::new(0),
+    });
+    let jobs = TaskTracker::new();
+    let abandon_poll = CancellationToken::new();
+    let protector = Arc::new(protector);
+    let control = TaskTracker::new();
+    control.spawn(poll_loop(
+        shared.clone(),
+        protector.clone(),
+        jobs.clone(),
+        shutdown.clone(),
+        abandon_poll.clone(),
+    ));
+    control.close();
+
+    shutdown.cancelled().await;
+    let deadline = Instant::now() + config.shutdown_timeout;
+    let cleanup_by = deadline + CLEANUP_GRACE;
+    tracing::info!(
+        running = shared.running.load(Ordering::Relaxed),
+        timeout_s = config.shutdown_timeout.as_secs_f64(),
+        "shutting down: no new messages; waiting for running jobs"
+    );
+    jobs.close();
+    let drain = async {
+        jobs.wait().await;
+        // No job left to wait for: a long poll still under way is abandoned (a message it would
+        // have returned stays invisible until its visibility timeout, then comes back).
+        abandon_poll.cancel();
+        control.wait().await;
+        jobs.wait().await;
+    };
+    tokio::select! {
+        _ = drain => {}
+        _ = tokio::time::sleep_until(deadline) => {
+            let left = shared.running.load(Ordering::Relaxed);
+            tracing::warn!(running = left, "shutdown deadline reached: cancelling running jobs and returning their messages");
+            shared.deadline.cancel();
+            abandon_poll.cancel();
+            if tokio::time::timeout_at(cleanup_by, async { control.wait().await; jobs.wait().await }).await.is_err() {
+                tracing::error!("jobs did not stop after cancellation; exiting anyway (their messages come back after the visibility timeout)");
+            }
+        }
+    }
+    keeper_stop.cancel();
+    helpers.close();
+    let shared_deletes = shared.deletes.clone();
+    drop(shared_deletes);
+    // Every job holds a clone of the delete sender inside `shared`; once the job tasks are gone
+    // only ours is left, and dropping `shared` lets the deleter finish.
+    drop(shared);
+    let flush = async {
+        deleter.flush().await;
+        helpers.wait().await;
+    };
+    if tokio::time::timeout_at(cleanup_by.max(Instant::now() + CLEANUP_GRACE), flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "pending deletes could not be sent in time; those messages will be delivered again"
+        );
+    }
+    if let Ok(p) = Arc::try_unwrap(protector) {
+        p.shutdown(cleanup_by.max(Instant::now() + CLEANUP_GRACE))
+            .await;
+    }
+    let snap = stats.snapshot();
+    tracing::info!(
+        succeeded = snap.jobs_succeeded,
+        failed = snap.jobs_failed,
+        cancelled = snap.jobs_cancelled,
+        sqs_requests = snap.sqs_requests(),
+        "worker stopped"
+    );
+    Ok(snap)
+}
+
+/// Waits for `fut`, or returns `None` if `cancel` fires first.
+async fn or_cancel<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        v = fut => Some(v),
+        _ = cancel.cancelled() => None,
+    }
+}
+
+/// Takes up to `max` permits, waiting only for the first.
+async fn take_permits(sem: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+    let Ok(first) = sem.clone().acquire_owned().await else {
+        return Vec::new();
+    };
+    let mut permits = vec![first];
+    while permits.len() < max {
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
+        }
+    }
+    permits
+}
+
+async fn poll_loop<H: Handler>(
+    shared: Arc<Shared<H>>,
+    protector: Arc<Protector>,
+    jobs: TaskTracker,
+    shutdown: CancellationToken,
+    abandon_poll: CancellationToken,
+) {
+    let cfg = &shared.config;
+    let sem = Arc::new(Semaphore::new(cfg.concurrency));
+    let mode = cfg.protection.mode;
+    let receive_backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
+    let mut receive_failures = 0u32;
+
+    loop {
+        let Some(permits) = or_cancel(&shutdown, take_permits(&sem, SQS_MAX_RECEIVE_BATCH)).await
+        else {
+            break;
+        };
+        if permits.is_empty() {
+            break;
+        }
+        let busy = shared.running.load(Ordering::Acquire) > 0;
+        if protector.is_enabled() && (mode == ProtectMode::BeforeReceive || busy) {
+            let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
+            protector.hold_until(until);
+            if !protector.covers(&shutdown, until).await {
+                break;
+            }
+        }
+
+        let received = tokio::select! {
+            r = shared.sqs.receive(&cfg.queue_url, permits.len(), cfg.wait_time, cfg.visibility_timeout) => r,
+            _ = abandon_poll.cancelled() => break,
+        };
+        let messages = match received {
+            Ok(m) => {
+                receive_failures = 0;
+                m
+            }
+            Err(e) => {
+                let d = receive_backoff.delay(receive_failures);
+                receive_failures = receive_failures.saturating_add(1);
+                let hint = if e.is_permanent() {
+                    " (check the queue URL and the task role's sqs:ReceiveMessage permission)"
+                } else {
+                    ""
+                };
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "receive failed; retrying{hint}");
+                drop(permits);
+                if or_cancel(&shutdown, tokio::time::sleep(d)).await.is_none() {
+                    break;
+                }
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            if !messages.is_empty() {
+                tracing::info!(
+                    count = messages.len(),
+                    "shutting down: returning messages received during the last poll"
+                );
+                shared.sqs.return_now(&cfg.queue_url, &messages).await;
+            }
+            break;
+        }
+        if messages.is_empty() {
+            drop(permits);
+            if shared.running.load(Ordering::Acquire) == 0 && protector.is_enabled() {
+                protector.release();
+                if mode == ProtectMode::BeforeReceive {
+                    // Idle: let the release happen, then stay unprotected for the idle window so
+                    // that ECS can stop this task.
+                    let released = |s: &Status| !matches!(s, Status::Held { .. });
+                    if !protector.wait_for(&shutdown, released).await {
+                        break;
+                    }
+                    if or_cancel(&shutdown, tokio::time::sleep(cfg.protection.idle_window))
+                        .await
+                        .is_none()
+                    {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+
+        if mode == ProtectMode::OnReceipt && protector.is_enabled() {
+            let until = Instant::now() + COVER_MARGIN;
+            protector.hold_until(until);
+            let wait = tokio::time::timeout(
+                cfg.visibility_timeout / 2,
+                protector.covers(&shutdown, until),
+            );
+            match wait.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    shared.sqs.return_now(&cfg.queue_url, &messages).await;
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(count = messages.len(), "protection could not be taken for received messages; returning them to the queue");
+                    shared.sqs.return_now(&cfg.queue_url, &messages).await;
+                    continue;
+                }
+            }
+        }
+
+        for (msg, permit) in messages.into_iter().zip(permits) {
+            shared.running.fetch_add(1, Ordering::AcqRel);
+            Stats::add(&shared.sqs.stats.jobs_started, 1);
+            let span = tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count);
+            jobs.spawn(run_job(shared.clone(), msg, permit).instrument(span));
+        }
+    }
+    tracing::debug!("poll loop stopped");
+}
+
+impl Protector {
+    /// Waits until protection covers `until` (or is off/unavailable); false if `cancel` fired.
+    async fn covers(&self, cancel: &CancellationToken, until: Instant) -> bool {
+        if self.status().covers(until) {
+            return true;
+        }
+        tracing::debug!("waiting for protection before receiving");
+        self.wait_for(cancel, |s| s.covers(until)).await
+    }
+}
+
+/// What happened to a job, for the finishing step.
+enum Ending {
+    Done(Outcome),
+    Cancelled,
+}
+
+/// Runs one job and settles its message: delete, retry later, dead-letter, or return.
+async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: OwnedSemaphorePermit) {
+    let key = shared.keeper.track(&msg);
+    let started = Instant::now();
+    tracing::info!("message received");
+    let ending = match unwrap_sns(&msg.body) {
+        Err(e) => Ending::Done(Outcome::permanent(e.to_string())),
+        Ok((body, sns_attributes)) => {
+            let mut message_attributes = msg.message_attributes.clone();
+            message_attributes.extend(sns_attributes);
+            let job = Job {
+                message_id: msg.message_id.clone(),
+                body,
+                receive_count: msg.receive_count,
+                attributes: msg.attributes.clone(),
+                message_attributes,
+                cancel: shared.deadline.child_token(),
+            };
+            let work = AssertUnwindSafe(shared.handler.handle(job)).catch_unwind();
+            tokio::select! {
+                r = work => Ending::Done(r.unwrap_or_else(|panic| {
+                    Stats::add(&shared.sqs.stats.jobs_panicked, 1);
+                    let what = panic.downcast_ref::<&str>().map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Outcome::retry(format!("handler panicked: {what}"))
+                })),
+                _ = shared.deadline.cancelled() => Ending::Cancelled,
+            }
+        }
+    };
+    shared.keeper.untrack(key);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let stats = &shared.sqs.stats;
+    let queue_url = &shared.config.queue_url;
+    match ending {
+        Ending::Done(Outcome::Success) => {
+            Stats::add(&stats.jobs_succeeded, 1);
+            tracing::info!(elapsed_ms, "done");
+            let p = PendingDelete {
+                message_id: msg.message_id.clone(),
+                receipt_handle: msg.receipt_handle.clone(),
+            };
+            if shared.deletes.send(p).is_err() {
+                tracing::error!("deleter already stopped; the message will be delivered again");
+            }
+        }
+        Ending::Done(Outcome::Retry { reason, delay }) => {
+            Stats::add(&stats.jobs_failed, 1);
+            settle_failure(&shared, &msg, &reason, delay, false, elapsed_ms).await;
+        }
+        Ending::Done(Outcome::Permanent { reason }) => {
+            Stats::add(&stats.jobs_failed, 1);
+            settle_failure(&shared, &msg, &reason, None, true, elapsed_ms).await;
+        }
+        Ending::Cancelled => {
+            Stats::add(&stats.jobs_cancelled, 1);
+            tracing::warn!(
+                elapsed_ms,
+                "cancelled at the shutdown deadline; returning the message to the queue now"
+            );
+            shared
+                .sqs
+                .return_now(queue_url, std::slice::from_ref(&msg))
+                .await;
+        }
+    }
+    shared.running.fetch_sub(1, Ordering::AcqRel);
+    drop(permit);
+}
+
+/// A failed job: dead-letter it ourselves when that is our job, otherwise make it visible again
+/// after a backoff so the queue's redrive policy can count it.
+async fn settle_failure<H: Handler>(
+    shared: &Shared<H>,
+    msg: &Received,
+    reason: &str,
+    delay: Option<Duration>,
+    permanent: bool,
+    elapsed_ms: u64,
+) {
+    let cfg = &shared.config;
+    if let Some(dlq) = &cfg.dead_letter {
+        let exhausted = msg.receive_count >= dlq.max_receives;
+        if !shared.queue.has_redrive && (permanent || exhausted) {
+            match dead_letter(shared, msg, reason, &dlq.queue_url).await {
+                Ok(()) => {
+                    Stats::add(&shared.sqs.stats.jobs_dead_lettered, 1);
+                    tracing::warn!(
+                        elapsed_ms,
+                        reason,
+                        "failed for good; copied to the dead-letter queue and deleted"
+                    );
+                    let p = PendingDelete {
+                        message_id: msg.message_id.clone(),
+                        receipt_handle: msg.receipt_handle.clone(),
+                    };
+                    if shared.deletes.send(p).is_err() {
+                        tracing::error!("deleter already stopped; the message will be delivered again (and is already in the DLQ)");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not copy the message to the dead-letter queue; retrying it later instead")
+                }
+            }
+        }
+    }
+    let delay = delay.unwrap_or_else(|| cfg.retry.delay(msg.receive_count.saturating_sub(1)));
+    let next = if permanent && !shared.queue.has_redrive && cfg.dead_letter.is_none() {
+        "retrying (no redrive policy and no --dead-letter-queue-url: it will be retried until it expires)"
+    } else {
+        "retrying"
+    };
+    tracing::warn!(
+        elapsed_ms,
+        reason,
+        retry_in_s = delay.as_secs(),
+        "job failed; {next}"
+    );
+    if let Err(e) = shared
+        .sqs
+        .set_visibility(&cfg.queue_url, &msg.receipt_handle, delay)
+        .await
+    {
+        tracing::warn!(error = %e, "could not set the retry delay; the message comes back when its visibility timeout ends");
+    }
+}
+
+async fn dead_letter<H: Handler>(
+    shared: &Shared<H>,
+    msg: &Received,
+    reason: &str,
+    dlq_url: &str,
+) -> Result<(), SqsError> {
+    Stats::add(&shared.sqs.stats.dead_letter_requests, 1);
+    let mut attrs = msg.raw_message_attributes.clone();
+    // SQS allows 10 message attributes; keep the user's first and add ours while there is room.
+    let mut add = |k: &str, v: String| {
+        if attrs.len() < 10 {
+            if let Ok(a) = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+            {
+                attrs.insert(k.to_string(), a);
+            }
+        }
+    };
+    add("DeadLetterReason", reason.chars().take(1000).collect());
+    add("DeadLetterSourceQueue", shared.config.queue_url.clone());
+    add("DeadLetterReceiveCount", msg.receive_count.to_string());
+    add("DeadLetterOriginalMessageId", msg.message_id.clone());
+    let mut req = shared
+        .sqs
+        .client
+        .send_message()
+        .queue_url(dlq_url)
+        .message_body(&msg.body)
+        .set_message_attributes(Some(attrs));
+    if dlq_url.ends_with(".fifo") {
+        let group = msg
+            .attributes
+            .get("MessageGroupId")
+            .cloned()
+            .unwrap_or_else(|| "dead-letter".into());
+        req = req
+            .message_group_id(group)
+            .message_deduplication_id(&msg.message_id);
+    }
+    req.send().await.map(|_| ()).map_err(|e| {
+        use aws_sdk_sqs::error::ProvideErrorMetadata;
+        SqsError {
+            op: "SendMessage",
+            code: e.code().unwrap_or("no-code").to_string(),
+            detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+        }
+    })
+}
