@@ -56,6 +56,11 @@ impl SqsError {
     }
 }
 
+/// SQS counts visibility in whole seconds: round up, so a 700 ms backoff is 1 s, not 0.
+pub fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// A received message with what the worker needs of it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -191,7 +196,9 @@ impl Sqs {
             .change_message_visibility()
             .queue_url(queue_url)
             .receipt_handle(receipt)
-            .visibility_timeout(visibility.as_secs().min(SQS_MAX_VISIBILITY.as_secs()) as i32)
+            .visibility_timeout(
+                whole_seconds_up(visibility).min(SQS_MAX_VISIBILITY.as_secs()) as i32,
+            )
             .send()
             .await
             .map(|_| ())

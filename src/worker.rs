@@ -361,6 +361,10 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: Owne
             };
             let work = AssertUnwindSafe(shared.handler.handle(job)).catch_unwind();
             tokio::select! {
+                // A job that gives up because of the deadline is a cancellation, not a failure:
+                // its message goes back at once, without a retry delay.
+                biased;
+                _ = shared.deadline.cancelled() => Ending::Cancelled,
                 r = work => Ending::Done(r.unwrap_or_else(|panic| {
                     Stats::add(&shared.sqs.stats.jobs_panicked, 1);
                     let what = panic.downcast_ref::<&str>().map(|s| s.to_string())
@@ -368,9 +372,12 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: Owne
                         .unwrap_or_else(|| "unknown panic".into());
                     Outcome::retry(format!("handler panicked: {what}"))
                 })),
-                _ = shared.deadline.cancelled() => Ending::Cancelled,
             }
         }
+    };
+    let ending = match ending {
+        Ending::Done(Outcome::Retry { .. }) if shared.deadline.is_cancelled() => Ending::Cancelled,
+        e => e,
     };
     shared.keeper.untrack(key);
     let elapsed_ms = started.elapsed().as_millis() as u64;

