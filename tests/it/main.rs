@@ -1,5 +1,6 @@
 //! All integration tests link into this one binary (faster to build, one fauxqs per run).
 //! They need fauxqs: `scripts/setup.sh` installs it (`scripts/test.sh` runs it first).
 
+mod binary;
 mod support;
 mod worker;

@@ -400,3 +400,84 @@ async fn shutdown_deadline_cancels_jobs_and_returns_their_messages_at_once() {
     assert_eq!(got.len(), 1, "the unfinished message is receivable at once");
     assert_eq!(got[0].body.as_deref(), Some("60s"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redrive_the_worker_dead_letters_after_max_receives_keeping_body_and_attributes() {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    let c = client();
+    let q = create_queue(&c, "noredrive", &[]).await;
+    let dlq = create_queue(&c, "own-dlq", &[]).await;
+    let attr = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("blue")
+        .build()
+        .expect("attr");
+    c.send_message()
+        .queue_url(&q)
+        .message_body(r#"{"duration_ms":1,"fail":true}"#)
+        .message_attributes("colour", attr)
+        .send()
+        .await
+        .expect("send");
+    send_bodies(&c, &q, &["not a job at all"]).await;
+    let mut cfg = fast_config(&q);
+    cfg.dead_letter = Some(queue_worker::config::DeadLetterConfig {
+        queue_url: dlq.clone(),
+        max_receives: 2,
+    });
+    let rec = Recorder::new();
+    let w = start(cfg, Protector::disabled(), rec.clone());
+    assert!(
+        wait_until(SECS(30), || async { counts(&c, &dlq).await.0 == 2 }).await,
+        "both dead-lettered"
+    );
+    assert!(
+        wait_until(SECS(5), || async { counts(&c, &q).await == (0, 0) }).await,
+        "and deleted from the source"
+    );
+    let snap = w.stop().await;
+    assert_eq!(snap.jobs_dead_lettered, 2);
+    let starts = rec.seen();
+    assert_eq!(
+        starts.iter().filter(|s| s.body.contains("fail")).count(),
+        2,
+        "retried up to --max-receives"
+    );
+    assert_eq!(
+        starts
+            .iter()
+            .filter(|s| s.body.contains("not a job"))
+            .count(),
+        1,
+        "a permanent failure goes at once"
+    );
+    let got = c
+        .receive_message()
+        .queue_url(&dlq)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .expect("receive dlq")
+        .messages
+        .unwrap_or_default();
+    let failing = got
+        .iter()
+        .find(|m| m.body().is_some_and(|b| b.contains("fail")))
+        .expect("failing one in DLQ");
+    let attrs = failing.message_attributes().expect("attributes");
+    assert_eq!(
+        attrs.get("colour").and_then(|a| a.string_value()),
+        Some("blue")
+    );
+    assert!(attrs
+        .get("DeadLetterReason")
+        .and_then(|a| a.string_value())
+        .is_some_and(|r| r.contains("simulated failure")));
+    assert_eq!(
+        attrs
+            .get("DeadLetterReceiveCount")
+            .and_then(|a| a.string_value()),
+        Some("2")
+    );
+}
