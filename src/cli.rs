@@ -44,6 +44,15 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Send test messages for the simulated job.
     Send(SendArgs),
+    /// Ask the running worker's /health (the container health check): exit 0 if healthy.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Where the worker serves /health (its --metrics-addr).
+    #[arg(long, env = "WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Loads AWS settings the standard way (env, profile, container credentials, `AWS_ENDPOINT_URL`).
@@ -121,6 +130,7 @@ pub async fn main() -> ExitCode {
     match command {
         Command::Run(args) => run(*args).await,
         Command::Send(args) => send(args).await,
+        Command::Health(args) => health(args).await,
     }
 }
 
@@ -187,6 +197,30 @@ async fn send(args: SendArgs) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("queue-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn health(args: HealthArgs) -> ExitCode {
+    let Some(raw) = args.metrics_addr.filter(|s| !s.trim().is_empty()) else {
+        return config_error(&ConfigError {
+            flag: "--metrics-addr",
+            env: "WORKER_METRICS_ADDR",
+            problem: "missing: the worker serves /health only when --metrics-addr is set".into(),
+        });
+    };
+    let addr = match crate::config::parse_addr(&raw) {
+        Ok(a) => a,
+        Err(e) => return config_error(&e),
+    };
+    match crate::observe::probe(addr).await {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("queue-worker: unhealthy: {why}");
             ExitCode::FAILURE
         }
     }

@@ -84,6 +84,10 @@ pub struct Config {
     /// How long the deleter waits for more deletes before sending a partial batch.
     pub delete_linger: Duration,
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Where `/health` and `/metrics` are served (off when `None`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a receive may run past the long-poll wait before `/health` says unhealthy.
+    pub health_grace: Duration,
 }
 
 impl Config {
@@ -99,6 +103,8 @@ impl Config {
             retry: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
             delete_linger: Duration::from_millis(20),
             dead_letter: None,
+            metrics_addr: None,
+            health_grace: Duration::from_secs(30),
         }
     }
 }
@@ -173,6 +179,14 @@ pub struct RunArgs {
     /// Receives after which a failing message goes to --dead-letter-queue-url.
     #[arg(long, env = "WORKER_MAX_RECEIVES", default_value = "5")]
     pub max_receives: String,
+
+    /// Serve /health and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9090 [default: off].
+    #[arg(long, env = "WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// How long a receive may run past --wait-time before /health reports the loop wedged.
+    #[arg(long, env = "WORKER_HEALTH_GRACE", default_value = "30s")]
+    pub health_grace: String,
 
     /// Set by ECS: the agent endpoint used for task protection.
     #[arg(long, env = "ECS_AGENT_URI", hide = true)]
@@ -267,6 +281,17 @@ fn check_url(raw: &str, flag: &'static str, env: &'static str) -> Result<String,
     } else {
         Err(err(flag, env, format!("\"{raw}\" is not an http(s) URL")))
     }
+}
+
+/// Parses `--metrics-addr` (host:port, e.g. 127.0.0.1:9090).
+pub fn parse_addr(raw: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    raw.trim().parse().map_err(|_| {
+        err(
+            "--metrics-addr",
+            "WORKER_METRICS_ADDR",
+            format!("\"{raw}\" is not an address like 127.0.0.1:9090"),
+        )
+    })
 }
 
 impl RunArgs {
@@ -433,8 +458,22 @@ impl RunArgs {
             None => None,
         };
 
+        let metrics_addr = match self.metrics_addr.filter(|s| !s.trim().is_empty()) {
+            Some(raw) => Some(parse_addr(&raw)?),
+            None => None,
+        };
+        let health_grace = parse_bounded(
+            &self.health_grace,
+            "--health-grace",
+            "WORKER_HEALTH_GRACE",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+
         Ok(Config {
             queue_url,
+            metrics_addr,
+            health_grace,
             concurrency,
             wait_time,
             visibility_timeout,

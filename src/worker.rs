@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::config::{Config, ProtectMode};
 use crate::handler::{unwrap_sns, Handler, Job, Outcome};
 use crate::limits::SQS_MAX_RECEIVE_BATCH;
+use crate::observe::{Health, Phase};
 use crate::protection::{Protector, Status};
 use crate::sqs::{Deleter, PendingDelete, QueueInfo, Received, Sqs, SqsError, VisibilityKeeper};
 use crate::stats::{Snapshot, Stats};
@@ -34,6 +35,11 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(1);
 pub enum WorkerError {
     #[error("queue {queue_url} is not usable: {source}; check the URL, the region and the task role's sqs permissions")]
     Queue { queue_url: String, source: SqsError },
+    #[error("cannot serve metrics on {addr}: {source}; pick a free port for --metrics-addr / WORKER_METRICS_ADDR")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Everything a job task needs, shared.
@@ -46,7 +52,8 @@ struct Shared<H> {
     deletes: mpsc::UnboundedSender<PendingDelete>,
     /// Fires at the shutdown deadline: running jobs are cancelled.
     deadline: CancellationToken,
-    running: AtomicUsize,
+    running: Arc<AtomicUsize>,
+    health: Arc<Health>,
 }
 
 /// Runs the worker until `shutdown` fires and the drain completes. Returns the final counters.
@@ -57,7 +64,54 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<Snapshot, WorkerError> {
-    let queue = match sqs.inspect(&config.queue_url).await {
+    let health = Arc::new(Health::new(
+        config.wait_time,
+        config.protection.idle_window,
+        config.health_grace,
+    ));
+    let running = Arc::new(AtomicUsize::new(0));
+    let observe_stop = CancellationToken::new();
+    let observe = match config.metrics_addr {
+        Some(addr) => {
+            let render = metrics_renderer(
+                sqs.stats.clone(),
+                running.clone(),
+                protector.subscribe(),
+                health.clone(),
+            );
+            let task = crate::observe::serve(addr, health.clone(), render, observe_stop.clone())
+                .await
+                .map_err(|source| WorkerError::Metrics { addr, source })?;
+            tracing::info!(%addr, "serving /health and /metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    let result = run_inner(config, sqs, protector, handler, shutdown, health, running).await;
+    observe_stop.cancel();
+    if let Some(task) = observe {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "metrics server task failed");
+        }
+    }
+    result
+}
+
+async fn run_inner<H: Handler>(
+    config: Config,
+    sqs: Sqs,
+    protector: Protector,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+    running: Arc<AtomicUsize>,
+) -> Result<Snapshot, WorkerError> {
+    let inspected = tokio::select! {
+        r = sqs.inspect(&config.queue_url) => r,
+        // A queue endpoint that never answers must not make the worker deaf to SIGTERM.
+        _ = shutdown.cancelled() => return Ok(sqs.stats.snapshot()),
+    };
+    let queue = match inspected {
         Ok(q) => q,
         Err(e) if e.is_permanent() || e.code == "no-code" => {
             return Err(WorkerError::Queue {
@@ -101,7 +155,8 @@ pub async fn run<H: Handler>(
         keeper,
         deletes: deleter.sender(),
         deadline: CancellationToken::new(),
-        running: AtomicUsize::new(0),
+        running,
+        health,
     });
     let jobs = TaskTracker::new();
     let abandon_poll = CancellationToken::new();
@@ -117,6 +172,7 @@ pub async fn run<H: Handler>(
     control.close();
 
     shutdown.cancelled().await;
+    shared.health.set(Phase::Stopping);
     let deadline = Instant::now() + config.shutdown_timeout;
     let cleanup_by = deadline + CLEANUP_GRACE;
     tracing::info!(
@@ -219,7 +275,9 @@ async fn poll_loop<H: Handler>(
         crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
     let mut receive_failures = 0u32;
 
+    let health = &shared.health;
     loop {
+        health.set(Phase::WaitingPermits);
         let Some(permits) = or_cancel(&shutdown, take_permits(&sem, SQS_MAX_RECEIVE_BATCH)).await
         else {
             break;
@@ -231,11 +289,13 @@ async fn poll_loop<H: Handler>(
         if protector.is_enabled() && (mode == ProtectMode::BeforeReceive || busy) {
             let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
             protector.hold_until(until);
+            health.set(Phase::WaitingProtection);
             if !protector.covers(&shutdown, until).await {
                 break;
             }
         }
 
+        health.set(Phase::Receiving);
         let received = tokio::select! {
             r = shared.sqs.receive(&cfg.queue_url, permits.len(), cfg.wait_time, cfg.visibility_timeout) => r,
             _ = abandon_poll.cancelled() => break,
@@ -243,6 +303,7 @@ async fn poll_loop<H: Handler>(
         let messages = match received {
             Ok(m) => {
                 receive_failures = 0;
+                health.received();
                 m
             }
             Err(e) => {
@@ -276,6 +337,7 @@ async fn poll_loop<H: Handler>(
             if shared.running.load(Ordering::Acquire) == 0 && protector.is_enabled() {
                 protector.release();
                 if mode == ProtectMode::BeforeReceive {
+                    health.set(Phase::Idle);
                     // Idle: let the release happen, then stay unprotected for the idle window so
                     // that ECS can stop this task.
                     let released = |s: &Status| !matches!(s, Status::Held { .. });
@@ -525,5 +587,117 @@ async fn dead_letter<H: Handler>(
             code: e.code().unwrap_or("no-code").to_string(),
             detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
         }
+    })
+}
+
+/// Builds the `/metrics` text from the live counters (Prometheus text format).
+fn metrics_renderer(
+    stats: Arc<Stats>,
+    running: Arc<AtomicUsize>,
+    protection: tokio::sync::watch::Receiver<Status>,
+    health: Arc<Health>,
+) -> crate::observe::Render {
+    Arc::new(move || {
+        use std::fmt::Write;
+        let s = stats.snapshot();
+        let mut out = String::with_capacity(2048);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP queue_worker_{name} {help}\n# TYPE queue_worker_{name} {kind}"
+            );
+            for (labels, v) in samples {
+                let _ = writeln!(out, "queue_worker_{name}{labels} {v}");
+            }
+        };
+        let c = |v: u64| v as f64;
+        family(
+            "jobs_total",
+            "counter",
+            "Jobs by outcome.",
+            &[
+                ("{outcome=\"started\"}", c(s.jobs_started)),
+                ("{outcome=\"succeeded\"}", c(s.jobs_succeeded)),
+                ("{outcome=\"failed\"}", c(s.jobs_failed)),
+                ("{outcome=\"panicked\"}", c(s.jobs_panicked)),
+                ("{outcome=\"cancelled\"}", c(s.jobs_cancelled)),
+                ("{outcome=\"dead_lettered\"}", c(s.jobs_dead_lettered)),
+            ],
+        );
+        family(
+            "sqs_requests_total",
+            "counter",
+            "SQS requests by operation.",
+            &[
+                ("{operation=\"ReceiveMessage\"}", c(s.receive_requests)),
+                ("{operation=\"DeleteMessageBatch\"}", c(s.delete_requests)),
+                (
+                    "{operation=\"ChangeMessageVisibility\"}",
+                    c(s.visibility_requests),
+                ),
+                ("{operation=\"SendMessage\"}", c(s.dead_letter_requests)),
+            ],
+        );
+        family(
+            "sqs_errors_total",
+            "counter",
+            "Failed SQS requests or batch entries by operation.",
+            &[
+                ("{operation=\"ReceiveMessage\"}", c(s.receive_errors)),
+                ("{operation=\"DeleteMessageBatch\"}", c(s.delete_errors)),
+                (
+                    "{operation=\"ChangeMessageVisibility\"}",
+                    c(s.visibility_errors),
+                ),
+            ],
+        );
+        family(
+            "messages_total",
+            "counter",
+            "Messages by event.",
+            &[
+                ("{event=\"received\"}", c(s.messages_received)),
+                ("{event=\"deleted\"}", c(s.messages_deleted)),
+                ("{event=\"returned\"}", c(s.messages_returned)),
+                (
+                    "{event=\"visibility_extended\"}",
+                    c(s.visibility_extensions),
+                ),
+            ],
+        );
+        let (held, expires_in) = match *protection.borrow() {
+            Status::Held { expires } => (
+                1.0,
+                expires
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64(),
+            ),
+            _ => (0.0, 0.0),
+        };
+        family(
+            "jobs_in_flight",
+            "gauge",
+            "Jobs running now.",
+            &[("", running.load(Ordering::Relaxed) as f64)],
+        );
+        family(
+            "protection_held",
+            "gauge",
+            "1 while task scale-in protection is held.",
+            &[("", held)],
+        );
+        family(
+            "protection_expires_in_seconds",
+            "gauge",
+            "Seconds until the held protection expires.",
+            &[("", expires_in)],
+        );
+        family(
+            "last_receive_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful receive.",
+            &[("", health.last_receive_unix_seconds())],
+        );
+        out
     })
 }

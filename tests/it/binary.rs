@@ -175,3 +175,41 @@ fn an_unreachable_queue_is_a_clear_error_not_a_hang() {
     assert!(stderr.contains("is not usable"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_subcommand_asks_the_running_worker() {
+    let c = client();
+    let q = create_queue(&c, "health", &[]).await;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    drop(l);
+    let probe = || {
+        worker(&["health"])
+            .env("WORKER_METRICS_ADDR", &addr)
+            .output()
+            .expect("health")
+    };
+    assert_eq!(probe().status.code(), Some(1), "no worker yet: unhealthy");
+    let mut child = worker(&[
+        "run",
+        "--queue-url",
+        &q,
+        "--wait-time",
+        "1s",
+        "--metrics-addr",
+        &addr,
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn");
+    let healthy = wait_until(Duration::from_secs(10), || async {
+        probe().status.success()
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(healthy, "healthy while polling");
+    assert_eq!(status.code(), Some(0));
+}

@@ -481,3 +481,107 @@ async fn without_redrive_the_worker_dead_letters_after_max_receives_keeping_body
         Some("2")
     );
 }
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_and_health_is_ok_while_polling() {
+    let c = client();
+    let q = create_queue(&c, "metrics", &[]).await;
+    send_bodies(&c, &q, &["10ms", "20ms", r#"{"fail":true}"#]).await;
+    let addr = free_addr();
+    let mut cfg = fast_config(&q);
+    cfg.metrics_addr = Some(addr);
+    let w = start(cfg, Protector::disabled(), Recorder::new());
+    assert!(
+        wait_until(SECS(10), || async {
+            w.snapshot().jobs_succeeded == 2 && w.snapshot().jobs_failed == 1
+        })
+        .await
+    );
+    assert!(wait_until(SECS(5), || async { w.snapshot().messages_deleted == 2 }).await);
+    let http = reqwest::Client::new();
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "queue_worker_jobs_total{outcome=\"succeeded\"} 2",
+        "queue_worker_jobs_total{outcome=\"failed\"} 1",
+        "queue_worker_messages_total{event=\"deleted\"} 2",
+        "queue_worker_protection_held 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let health = http
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(queue_worker::observe::probe(addr).await, Ok("ok".into()));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_unhealthy_when_the_queue_never_answers() {
+    // A server that accepts connections and never replies: the loop cannot make progress.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", black_hole.local_addr().expect("addr"));
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = black_hole.accept().await {
+            held.push(sock);
+        }
+    });
+    let addr = free_addr();
+    let mut cfg = fast_config(&format!("{endpoint}/000000000000/q"));
+    cfg.metrics_addr = Some(addr);
+    cfg.health_grace = SECS(1);
+    let stats = Arc::new(queue_worker::stats::Stats::default());
+    let sqs =
+        queue_worker::sqs::Sqs::new(aws_sdk_sqs::Client::from_conf(sqs_config(&endpoint)), stats);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(queue_worker::run(
+        cfg,
+        sqs,
+        Protector::disabled(),
+        Arc::new(Recorder::new()),
+        shutdown.clone(),
+    ));
+    assert!(
+        wait_until(SECS(3), || async {
+            queue_worker::observe::probe(addr).await.is_ok()
+        })
+        .await,
+        "healthy at first"
+    );
+    assert!(
+        wait_until(SECS(10), || async {
+            queue_worker::observe::probe(addr)
+                .await
+                .is_err_and(|e| e.contains("unhealthy"))
+        })
+        .await,
+        "unhealthy once the loop is stuck past wait + grace"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(SECS(10), task)
+        .await
+        .expect("stops despite the stuck queue")
+        .expect("join")
+        .expect("run");
+    holder.abort();
+}

@@ -1,0 +1,155 @@
+//! Health and metrics beside the poll loop: `/health` (is the loop alive?) and `/metrics`
+//! (Prometheus text) on `--metrics-addr`, and the `queue-worker health` probe that asks them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What the poll loop is doing, so `/health` can tell waiting from wedged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    /// Every permit is taken by running jobs: healthy however long it lasts.
+    WaitingPermits = 1,
+    WaitingProtection = 2,
+    Receiving = 3,
+    Idle = 4,
+    Stopping = 5,
+}
+
+/// The loop's heartbeat.
+pub struct Health {
+    base: Instant,
+    phase: AtomicU8,
+    since_ms: AtomicU64,
+    last_receive_unix_ms: AtomicU64,
+    /// How long a receive (or start-up) may take beyond the long-poll wait.
+    receive_limit: Duration,
+    idle_limit: Duration,
+    protection_limit: Duration,
+}
+
+impl Health {
+    pub fn new(wait: Duration, idle_window: Duration, grace: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            since_ms: AtomicU64::new(0),
+            last_receive_unix_ms: AtomicU64::new(0),
+            receive_limit: wait + grace,
+            idle_limit: idle_window + grace,
+            // The agent may be down for a while; a task that cannot get protection for this long
+            // is better replaced.
+            protection_limit: grace.max(Duration::from_secs(300)),
+        }
+    }
+
+    pub fn set(&self, phase: Phase) {
+        self.since_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_receive_unix_ms
+            .store(now.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn last_receive_unix_seconds(&self) -> f64 {
+        self.last_receive_unix_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// `Ok` while the loop is alive; otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+        let stuck_for = self.base.elapsed().saturating_sub(since);
+        let (name, limit) = match self.phase.load(Ordering::Relaxed) {
+            0 => ("starting", Some(self.receive_limit)),
+            1 => ("waiting for a free job slot", None),
+            2 => ("waiting for task protection", Some(self.protection_limit)),
+            3 => ("receiving", Some(self.receive_limit)),
+            4 => ("idle", Some(self.idle_limit)),
+            _ => ("stopping", None),
+        };
+        match limit {
+            Some(limit) if stuck_for > limit => Err(format!(
+                "poll loop {name} for {}s (limit {}s)",
+                stuck_for.as_secs(),
+                limit.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `/health` and `/metrics` until `stop` fires.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    render: Render,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    match h.check() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("unhealthy: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let r = render.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], r()) }
+            }),
+        );
+    Ok(tokio::spawn(async move {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+/// `queue-worker health`: exit 0 if the worker at `addr` says it is healthy.
+pub async fn probe(addr: SocketAddr) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await.unwrap_or_default();
+    if ok {
+        Ok(body.trim().to_string())
+    } else {
+        Err(body.trim().to_string())
+    }
+}
