@@ -6,6 +6,7 @@
 //! - [`protection`]: the protection actor and its backends (agent endpoint, ECS API).
 //! - [`sqs`]: counted SQS calls, the batching deleter and the visibility keeper.
 //! - [`config`]: flags and env vars parsed once into a validated [`Config`].
+//! - [`observe`]: `/health` and `/metrics` beside the loop, and the `health` probe.
 //! - [`send`]: the `send` command (test messages).
 //! - [`cli`]: the command line and exit codes; `main.rs` only calls [`cli::main`].
 //! - [`agent_double`]: a faithful stand-in for the ECS agent endpoints (tests, demo).
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod handler;
 pub mod limits;
+pub mod observe;
 pub mod protection;
 pub mod send;
 pub mod sqs;
