@@ -203,10 +203,7 @@ async fn run_inner<H: Handler>(
     }
     keeper_stop.cancel();
     helpers.close();
-    let shared_deletes = shared.deletes.clone();
-    drop(shared_deletes);
-    // Every job holds a clone of the delete sender inside `shared`; once the job tasks are gone
-    // only ours is left, and dropping `shared` lets the deleter finish.
+    // Jobs reach the deleter through `shared`; once they are gone, dropping ours lets it finish.
     drop(shared);
     let flush = async {
         deleter.flush().await;
@@ -220,9 +217,14 @@ async fn run_inner<H: Handler>(
             "pending deletes could not be sent in time; those messages will be delivered again"
         );
     }
-    if let Ok(p) = Arc::try_unwrap(protector) {
-        p.shutdown(cleanup_by.max(Instant::now() + CLEANUP_GRACE))
-            .await;
+    match Arc::try_unwrap(protector) {
+        Ok(p) => {
+            p.shutdown(cleanup_by.max(Instant::now() + CLEANUP_GRACE))
+                .await
+        }
+        Err(_) => tracing::warn!(
+            "poll loop still running at exit; protection is left to expire by itself"
+        ),
     }
     let snap = stats.snapshot();
     tracing::info!(
