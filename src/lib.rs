@@ -10,6 +10,7 @@
 //! - [`send`]: the `send` command (test messages).
 //! - [`cli`]: the command line and exit codes; `main.rs` only calls [`cli::main`].
 //! - [`agent_double`]: a faithful stand-in for the ECS agent endpoints (tests, demo).
+//! - [`local_ecs`]: a local stand-in for one ECS service (the `local-ecs` dev binary, e2e tests).
 //! - [`backoff`], [`limits`], [`stats`], [`telemetry`]: small shared pieces.
 
 pub mod agent_double;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod handler;
 pub mod limits;
+pub mod local_ecs;
 pub mod observe;
 pub mod protection;
 pub mod send;
