@@ -2,5 +2,6 @@
 //! They need fauxqs: `scripts/setup.sh` installs it (`scripts/test.sh` runs it first).
 
 mod binary;
+mod local_ecs;
 mod support;
 mod worker;

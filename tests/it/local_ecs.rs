@@ -1,0 +1,425 @@
+//! End to end: `local-ecs` (in process, through its library API) running real `queue-worker`
+//! processes against fauxqs. Scale-in waits for protected jobs, an idle fleet goes promptly in
+//! both protection modes, a stuck task is stopped once its protection expires, and a deployment
+//! replaces tasks without interrupting jobs.
+//!
+//! The workers run with a 1 s shutdown deadline: a task stopped in the middle of a job would
+//! cancel it (a "cancelled at the shutdown deadline" log line), so "no job cancelled" really
+//! means "no task was stopped mid-job", not "the drain was long enough".
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use queue_worker::local_ecs::{Control, Echo, EventKind, LocalEcs, ServiceSpec, StopReason};
+use serde_json::Value;
+
+use crate::support::*;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+struct Fleet {
+    ecs: LocalEcs,
+    control: Control,
+    logs: PathBuf,
+    /// Wall clock when the service started (timeline events are relative to it).
+    t0: SystemTime,
+}
+
+/// Starts `tasks` workers on `queue` with short timings; `env` overrides.
+async fn fleet(tasks: usize, queue: &str, env: &[(&str, &str)]) -> Fleet {
+    let logs = std::env::temp_dir().join(unique("local-ecs-logs"));
+    let mut spec = ServiceSpec::new(worker_bin(), vec![OsString::from("run")]);
+    spec.desired = tasks;
+    spec.stop_timeout = SECS(10);
+    spec.reconcile_every = Duration::from_millis(250);
+    spec.log_dir = Some(logs.clone());
+    spec.echo = Echo::Stderr;
+    let mut all: Vec<(String, String)> = aws_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    for (k, v) in [
+        ("QUEUE_URL", queue),
+        ("RUST_LOG", "info"),
+        ("WORKER_LOG_FORMAT", "json"),
+        ("WORKER_PROTECTION", "agent"),
+        ("WORKER_PROTECT", "before-receive"),
+        ("WORKER_PROTECTION_DURATION", "1m"),
+        ("WORKER_PROTECTION_MIN_HOLD", "0s"),
+        ("WORKER_WAIT_TIME", "2s"),
+        ("WORKER_IDLE_WINDOW", "1s"),
+        ("WORKER_SHUTDOWN_TIMEOUT", "1s"),
+        ("WORKER_RETRY_BASE", "1s"),
+        ("WORKER_VISIBILITY_TIMEOUT", "30s"),
+    ]
+    .into_iter()
+    .chain(env.iter().copied())
+    {
+        all.retain(|(key, _)| key != k);
+        all.push((k.to_owned(), v.to_owned()));
+    }
+    spec.env = all
+        .into_iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+    let t0 = SystemTime::now();
+    let ecs = LocalEcs::start(spec).await.expect("local-ecs starts");
+    let control = ecs.control();
+    Fleet {
+        ecs,
+        control,
+        logs,
+        t0,
+    }
+}
+
+impl Fleet {
+    /// Every JSON log line of every task, with the task number.
+    fn log_lines(&self) -> Vec<(u32, Value)> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(&self.logs) else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(n) = name
+                .strip_prefix("task-")
+                .and_then(|s| s.strip_suffix(".log"))
+                .and_then(|s| s.parse().ok())
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            out.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .map(|v| (n, v)),
+            );
+        }
+        out
+    }
+
+    /// message id → how many times its job ran to success ("done").
+    fn done(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for (_, v) in self.log_lines() {
+            if v["message"] == "done" {
+                if let Some(id) = v["span"]["message_id"].as_str() {
+                    *m.entry(id.to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        m
+    }
+
+    fn cancelled(&self) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|(_, v)| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cancelled at the shutdown deadline"))
+            })
+            .count()
+    }
+
+    /// Tasks that are running the job of `duration_ms`.
+    fn running_jobs_of(&self, duration_ms: u64) -> Vec<u32> {
+        let needle = format!("working for {duration_ms} ms");
+        self.log_lines()
+            .into_iter()
+            .filter(|(_, v)| v["message"] == needle.as_str())
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Waits until no task is left; how long that took.
+    async fn wait_all_gone(&self, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let c = self.control.clone();
+        wait_until(timeout, || {
+            let c = c.clone();
+            async move { c.status().tasks.is_empty() }
+        })
+        .await
+        .then(|| started.elapsed())
+    }
+
+    async fn finish(self) {
+        let logs = self.logs.clone();
+        tokio::time::timeout(SECS(30), self.ecs.shutdown())
+            .await
+            .expect("local-ecs shuts down");
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+}
+
+fn timestamp(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339_weak(v["timestamp"].as_str().expect("timestamp")).expect("rfc3339")
+}
+
+fn sigterms(c: &Control) -> HashMap<u32, Duration> {
+    c.events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Sigterm { task, .. } => Some((task, e.at)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cleanup_dir(p: &Path) {
+    let _ = std::fs::remove_dir_all(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_waits_for_long_jobs_and_loses_nothing() {
+    let c = client();
+    let q = create_queue(&c, "e2e-scale", &[]).await;
+    let f = fleet(2, &q, &[]).await;
+    assert!(
+        wait_until(SECS(20), || async {
+            f.log_lines()
+                .iter()
+                .filter(|(_, v)| v["message"] == "worker started")
+                .count()
+                == 2
+        })
+        .await,
+        "both workers start"
+    );
+    let mut bodies = vec!["6s"; 2];
+    bodies.extend(["200ms"; 8]);
+    let ids = send_bodies(&c, &q, &bodies).await;
+    assert!(
+        wait_until(SECS(15), || async { f.running_jobs_of(6000).len() == 2 }).await,
+        "the long jobs start"
+    );
+    f.control.set_desired(0);
+    let took = f.wait_all_gone(SECS(30)).await.expect("all tasks stop");
+    eprintln!(
+        "scale to zero with 6 s jobs in flight: all tasks gone {:.1}s after desired 0, scale-in blocked {:.1}s",
+        took.as_secs_f64(),
+        f.control.status().blocked_s
+    );
+    let events = f.control.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ScaleInBlocked { .. })),
+        "scale-in was reported blocked"
+    );
+    // No task got SIGTERM before its last job was done.
+    let terms = sigterms(&f.control);
+    for (task, v) in f.log_lines() {
+        if v["message"] == "done" {
+            let term = f.t0 + terms[&task];
+            assert!(
+                timestamp(&v) <= term + Duration::from_millis(100),
+                "task {task} finished a job after its SIGTERM"
+            );
+        }
+    }
+    assert_eq!(f.cancelled(), 0, "no job was interrupted");
+    let done = f.done();
+    assert!(
+        ids.iter().all(|id| done.get(id) == Some(&1)),
+        "each message processed exactly once: {done:?}"
+    );
+    assert!(
+        wait_until(SECS(5), || async { counts(&c, &q).await == (0, 0) }).await,
+        "queue empty"
+    );
+    for e in &events {
+        if let EventKind::TaskExited {
+            code, requested, ..
+        } = e.kind
+        {
+            assert!(requested && code == Some(0), "{}", e.text);
+        }
+    }
+    f.finish().await;
+}
+
+async fn idle_scale_in(mode: &str) -> Duration {
+    let c = client();
+    let q = create_queue(&c, "e2e-idle", &[]).await;
+    let f = fleet(
+        2,
+        &q,
+        &[
+            ("WORKER_PROTECT", mode),
+            ("WORKER_WAIT_TIME", "5s"),
+            ("WORKER_IDLE_WINDOW", "2s"),
+            ("WORKER_PROTECTION_MIN_HOLD", "6s"),
+        ],
+    )
+    .await;
+    assert!(
+        wait_until(SECS(20), || async {
+            f.log_lines()
+                .iter()
+                .filter(|(_, v)| v["message"] == "worker started")
+                .count()
+                == 2
+        })
+        .await,
+        "both workers start"
+    );
+    // Let them settle into their idle rhythm.
+    tokio::time::sleep(SECS(3)).await;
+    f.control.set_desired(0);
+    let took = f.wait_all_gone(SECS(30)).await.expect("idle tasks stop");
+    assert_eq!(f.cancelled(), 0);
+    f.finish().await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_fleet_scales_to_zero_promptly_before_receive() {
+    let took = idle_scale_in("before-receive").await;
+    eprintln!(
+        "idle fleet of 2, --protect before-receive (wait 5s, idle window 2s, min hold 6s): gone {:.1}s after desired 0",
+        took.as_secs_f64()
+    );
+    assert!(took < SECS(15), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_fleet_scales_to_zero_promptly_on_receipt() {
+    let took = idle_scale_in("on-receipt").await;
+    eprintln!(
+        "idle fleet of 2, --protect on-receipt (wait 5s): gone {:.1}s after desired 0",
+        took.as_secs_f64()
+    );
+    assert!(took < SECS(5), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_task_is_stopped_once_its_protection_expires() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let c = client();
+    let q = create_queue(&c, "e2e-stuck", &[]).await;
+    let f = fleet(1, &q, &[]).await;
+    send_bodies(&c, &q, &["10m"]).await;
+    assert!(
+        wait_until(SECS(20), || async { f.running_jobs_of(600_000).len() == 1 }).await,
+        "the job starts"
+    );
+    let status = f.control.status();
+    let task = &status.tasks[0];
+    assert!(task.protected, "protected while the job runs");
+    // The worker hangs: it can neither finish nor refresh its protection.
+    kill(Pid::from_raw(task.pid as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    f.control.set_desired(0);
+    tokio::time::sleep(SECS(2)).await;
+    assert_eq!(f.control.status().tasks.len(), 1, "protected: not stopped");
+    assert!(sigterms(&f.control).is_empty());
+
+    // A minute later (on the agent's clock) the protection has expired: the task goes.
+    f.ecs.agent().advance_clock(SECS(61));
+    let took = f
+        .wait_all_gone(SECS(20))
+        .await
+        .expect("the stuck task is stopped");
+    let kinds: Vec<EventKind> = f.control.events().into_iter().map(|e| e.kind).collect();
+    let pos = |p: &dyn Fn(&EventKind) -> bool| kinds.iter().position(p);
+    let expired = pos(&|k| matches!(k, EventKind::ProtectionExpired { .. })).expect("expired");
+    let term = pos(&|k| {
+        matches!(
+            k,
+            EventKind::Sigterm {
+                reason: StopReason::ScaleIn,
+                ..
+            }
+        )
+    })
+    .expect("SIGTERM");
+    let killed =
+        pos(&|k| matches!(k, EventKind::Sigkill { .. })).expect("SIGKILL (it was stopped)");
+    assert!(expired < term && term < killed, "{kinds:?}");
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        EventKind::TaskExited {
+            signal: Some(9),
+            ..
+        }
+    )));
+    eprintln!(
+        "stuck task: stopped {:.1}s after its protection expired (stop timeout 10s)",
+        took.as_secs_f64()
+    );
+    // The message is not lost: it is in flight until its visibility timeout, then comes back.
+    assert_eq!(counts(&c, &q).await, (0, 1));
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_replaces_tasks_without_interrupting_jobs() {
+    let c = client();
+    let q = create_queue(&c, "e2e-deploy", &[]).await;
+    let f = fleet(2, &q, &[("WORKER_PROTECT", "on-receipt")]).await;
+    assert!(
+        wait_until(SECS(20), || async {
+            f.log_lines()
+                .iter()
+                .filter(|(_, v)| v["message"] == "worker started")
+                .count()
+                == 2
+        })
+        .await,
+        "both workers start"
+    );
+    let mut bodies = vec!["5s"; 2];
+    bodies.extend(["100ms"; 6]);
+    let ids = send_bodies(&c, &q, &bodies).await;
+    assert!(
+        wait_until(SECS(15), || async {
+            f.running_jobs_of(5000).len() == 2 && counts(&c, &q).await.0 == 0
+        })
+        .await,
+        "the long jobs start"
+    );
+    let long_tasks = f.running_jobs_of(5000);
+    let revision = f.control.deploy();
+    assert!(
+        wait_until(SECS(30), || async {
+            let s = f.control.status();
+            s.steady && s.tasks.len() == 2 && s.tasks.iter().all(|t| t.revision == revision)
+        })
+        .await,
+        "the deployment completes: {:?}",
+        f.control.status()
+    );
+    let terms = sigterms(&f.control);
+    for (task, v) in f.log_lines() {
+        if v["message"] == "done" && terms.contains_key(&task) {
+            assert!(
+                timestamp(&v) <= f.t0 + terms[&task] + Duration::from_millis(100),
+                "task {task} was stopped before its job was done"
+            );
+        }
+    }
+    assert!(long_tasks.iter().all(|t| terms.contains_key(t)));
+    assert_eq!(f.cancelled(), 0, "no job was interrupted");
+    let done = f.done();
+    assert!(
+        ids.iter().all(|id| done.get(id) == Some(&1)),
+        "each message processed exactly once: {done:?}"
+    );
+    assert!(f
+        .control
+        .events()
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::DeploymentBlocked { .. })));
+    eprintln!(
+        "deploy: 2 tasks replaced, old ones held {:.1}s by protection",
+        f.control.status().blocked_s
+    );
+    let logs = f.logs.clone();
+    f.finish().await;
+    cleanup_dir(&logs);
+}
