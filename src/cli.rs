@@ -8,12 +8,16 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ProtectionBackendKind, RunArgs};
+use crate::exec::ExecHandler;
 use crate::handler::SimulatedJob;
 use crate::protection::{agent::AgentBackend, ecs_api::EcsApiBackend, Protector, Timing};
 use crate::send::SendArgs;
 use crate::sqs::Sqs;
 use crate::stats::Stats;
 use crate::telemetry::{self, LogFormat};
+
+/// After SIGTERM to an `--exec` child, how long before SIGKILL.
+const EXEC_KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Exit code for bad settings (like clap's own usage errors).
 pub const EXIT_CONFIG: u8 = 2;
@@ -146,6 +150,7 @@ impl RunArgs {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    let exec = args.exec_command();
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -167,14 +172,26 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let sqs = Sqs::new(aws_sdk_sqs::Client::new(&sdk), Arc::new(Stats::default()));
-    let result = crate::worker::run(
-        config,
-        sqs,
-        protector,
-        Arc::new(SimulatedJob),
-        shutdown.clone(),
-    )
-    .await;
+    let result = match exec.split_first() {
+        Some((program, rest)) => {
+            let handler = ExecHandler {
+                program: program.clone(),
+                args: rest.to_vec(),
+                kill_grace: EXEC_KILL_GRACE,
+            };
+            crate::worker::run(config, sqs, protector, Arc::new(handler), shutdown.clone()).await
+        }
+        None => {
+            crate::worker::run(
+                config,
+                sqs,
+                protector,
+                Arc::new(SimulatedJob),
+                shutdown.clone(),
+            )
+            .await
+        }
+    };
     shutdown.cancel();
     signals.abort();
     match result {

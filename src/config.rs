@@ -86,6 +86,8 @@ pub struct Config {
     pub dead_letter: Option<DeadLetterConfig>,
     /// Where `/health` and `/metrics` are served (off when `None`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A job running longer is cancelled and counted as failed (`None`: no limit).
+    pub job_timeout: Option<Duration>,
     /// How long a receive may run past the long-poll wait before `/health` says unhealthy.
     pub health_grace: Duration,
 }
@@ -104,6 +106,7 @@ impl Config {
             delete_linger: Duration::from_millis(20),
             dead_letter: None,
             metrics_addr: None,
+            job_timeout: None,
             health_grace: Duration::from_secs(30),
         }
     }
@@ -183,6 +186,20 @@ pub struct RunArgs {
     /// Serve /health and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9090 [default: off].
     #[arg(long, env = "WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+
+    /// Cancel a job that runs longer than this and count it as failed [default: no limit].
+    #[arg(long, env = "WORKER_JOB_TIMEOUT")]
+    pub job_timeout: Option<String>,
+
+    /// Run this program per message (body on stdin, MESSAGE_ID / RECEIVE_COUNT /
+    /// MESSAGE_ATTR_<NAME> in env; exit 0 = done, 65 = dead-letter now, other = retry).
+    /// Must come last: everything after it is the command and its arguments.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+    pub exec: Vec<String>,
+
+    /// The same as --exec, from the environment: split on whitespace (no shell quoting).
+    #[arg(long = "exec-env", env = "WORKER_EXEC", hide = true)]
+    pub exec_env: Option<String>,
 
     /// How long a receive may run past --wait-time before /health reports the loop wedged.
     #[arg(long, env = "WORKER_HEALTH_GRACE", default_value = "30s")]
@@ -295,6 +312,17 @@ pub fn parse_addr(raw: &str) -> Result<std::net::SocketAddr, ConfigError> {
 }
 
 impl RunArgs {
+    /// The `--exec` command line (or `WORKER_EXEC` split on whitespace); empty when not set.
+    pub fn exec_command(&self) -> Vec<String> {
+        if !self.exec.is_empty() {
+            return self.exec.clone();
+        }
+        self.exec_env
+            .as_deref()
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// Validates every setting; the first problem found is returned.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let queue_raw = self
@@ -470,9 +498,21 @@ impl RunArgs {
             Duration::from_secs(3600),
         )?;
 
+        let job_timeout = match self.job_timeout.filter(|s| !s.trim().is_empty()) {
+            Some(raw) => Some(parse_bounded(
+                &raw,
+                "--job-timeout",
+                "WORKER_JOB_TIMEOUT",
+                Duration::from_millis(1),
+                SQS_MAX_VISIBILITY,
+            )?),
+            None => None,
+        };
+
         Ok(Config {
             queue_url,
             metrics_addr,
+            job_timeout,
             health_grace,
             concurrency,
             wait_time,

@@ -38,6 +38,7 @@ counters! {
     jobs_failed: "jobs that failed (retry or permanent), panics included",
     jobs_panicked: "jobs whose handler panicked",
     jobs_cancelled: "jobs cancelled at the shutdown deadline",
+    jobs_timed_out: "jobs cancelled by --job-timeout (also counted as failed)",
     jobs_dead_lettered: "messages the worker moved to the dead-letter queue",
 }
 

@@ -28,6 +28,10 @@ use crate::stats::{Snapshot, Stats};
 
 /// Extra protection cover asked for beyond a long poll, so messages never arrive unprotected.
 const COVER_MARGIN: Duration = Duration::from_secs(5);
+/// How long a timed-out job's handler gets to stop after its cancel token fires.
+const JOB_STOP_GRACE: Duration = Duration::from_secs(5);
+/// At the shutdown deadline, how long handlers get to stop: short, the exit is due.
+const DEADLINE_STOP_GRACE: Duration = Duration::from_millis(500);
 /// After the shutdown deadline, how long the final calls (returns, deletes, release) may take.
 const CLEANUP_GRACE: Duration = Duration::from_secs(1);
 
@@ -248,6 +252,13 @@ async fn or_cancel<T>(
     }
 }
 
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Takes up to `max` permits, waiting only for the first.
 async fn take_permits(sem: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
     let Ok(first) = sem.clone().acquire_owned().await else {
@@ -415,27 +426,45 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: Owne
         Ok((body, sns_attributes)) => {
             let mut message_attributes = msg.message_attributes.clone();
             message_attributes.extend(sns_attributes);
+            let job_token = shared.deadline.child_token();
             let job = Job {
                 message_id: msg.message_id.clone(),
                 body,
                 receive_count: msg.receive_count,
                 attributes: msg.attributes.clone(),
                 message_attributes,
-                cancel: shared.deadline.child_token(),
+                cancel: job_token.clone(),
             };
             let work = AssertUnwindSafe(shared.handler.handle(job)).catch_unwind();
+            tokio::pin!(work);
+            let panicked = |panic: Box<dyn std::any::Any + Send>| {
+                Stats::add(&shared.sqs.stats.jobs_panicked, 1);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::retry(format!("handler panicked: {what}"))
+            };
             tokio::select! {
                 // A job that gives up because of the deadline is a cancellation, not a failure:
                 // its message goes back at once, without a retry delay.
                 biased;
-                _ = shared.deadline.cancelled() => Ending::Cancelled,
-                r = work => Ending::Done(r.unwrap_or_else(|panic| {
-                    Stats::add(&shared.sqs.stats.jobs_panicked, 1);
-                    let what = panic.downcast_ref::<&str>().map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Outcome::retry(format!("handler panicked: {what}"))
-                })),
+                _ = shared.deadline.cancelled() => {
+                    // The job's token fired with the deadline: a moment for the handler to stop
+                    // (an exec child gets SIGTERM) before it is dropped (SIGKILL).
+                    let _ = tokio::time::timeout(DEADLINE_STOP_GRACE, &mut work).await;
+                    Ending::Cancelled
+                }
+                r = &mut work => Ending::Done(r.unwrap_or_else(panicked)),
+                _ = sleep_opt(shared.config.job_timeout) => {
+                    job_token.cancel();
+                    // Let the handler stop its work (an exec child gets SIGTERM) before dropping it.
+                    let _ = tokio::time::timeout(JOB_STOP_GRACE, &mut work).await;
+                    Stats::add(&shared.sqs.stats.jobs_timed_out, 1);
+                    let limit = humantime::format_duration(shared.config.job_timeout.unwrap_or_default());
+                    Ending::Done(Outcome::retry(format!("job timed out after {limit}")))
+                }
             }
         }
     };

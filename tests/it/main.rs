@@ -2,6 +2,7 @@
 //! They need fauxqs: `scripts/setup.sh` installs it (`scripts/test.sh` runs it first).
 
 mod binary;
+mod handlers;
 mod local_ecs;
 mod support;
 mod worker;

@@ -184,7 +184,7 @@ async fn protection_is_held_during_every_job_and_released_when_idle() {
     let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone());
     assert!(
         wait_until(SECS(10), || async {
-            task.protection().enabled == false && !task.calls().is_empty()
+            !task.protection().enabled && !task.calls().is_empty()
         })
         .await,
         "idle: released"

@@ -1,0 +1,154 @@
+//! The `--exec` handler and `--job-timeout`, with real child processes against fauxqs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use queue_worker::exec::ExecHandler;
+use queue_worker::protection::Protector;
+
+use crate::support::*;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// `sh -c SCRIPT _ DIR`: the test's own program (the worker itself never uses a shell).
+fn sh(script: &str, dir: &Path) -> ExecHandler {
+    ExecHandler {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            script.into(),
+            "_".into(),
+            dir.display().to_string(),
+        ],
+        kill_grace: SECS(2),
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_gets_body_on_stdin_and_metadata_in_env_and_exit_0_deletes() {
+    let c = client();
+    let q = create_queue(&c, "exec-ok", &[]).await;
+    let dir = temp_dir("exec-ok");
+    let attr = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("blue")
+        .build()
+        .expect("attr");
+    let evil = "$(touch INJECTED); `touch INJECTED2`; ../../etc/passwd";
+    let id = c
+        .send_message()
+        .queue_url(&q)
+        .message_body(evil)
+        .message_attributes("colour", attr)
+        .send()
+        .await
+        .expect("send")
+        .message_id
+        .expect("id");
+    let script = r#"cat > "$1/$MESSAGE_ID.body"; printf '%s %s' "$RECEIVE_COUNT" "$MESSAGE_ATTR_COLOUR" > "$1/$MESSAGE_ID.env"; echo "hello from the job""#;
+    let w = start(fast_config(&q), Protector::disabled(), sh(script, &dir));
+    assert!(
+        wait_until(SECS(10), || async { counts(&c, &q).await == (0, 0) }).await,
+        "deleted after exit 0"
+    );
+    let snap = w.stop().await;
+    assert_eq!(snap.jobs_succeeded, 1);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(format!("{id}.body"))).expect("body"),
+        evil,
+        "body passed verbatim"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(format!("{id}.env"))).expect("env"),
+        "1 blue"
+    );
+    assert!(
+        !Path::new("INJECTED").exists() && !dir.join("INJECTED").exists(),
+        "the body never ran as a command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_nonzero_retries_and_65_dead_letters_at_once() {
+    let c = client();
+    let q = create_queue(&c, "exec-fail", &[]).await;
+    let dlq = create_queue(&c, "exec-dlq", &[]).await;
+    send_bodies(&c, &q, &["retry-me", "poison"]).await;
+    let dir = temp_dir("exec-fail");
+    let script = r#"body=$(cat); echo "$RECEIVE_COUNT" >> "$1/$body"; [ "$body" = poison ] && exit 65; [ "$RECEIVE_COUNT" -ge 2 ] && exit 0; exit 3"#;
+    let mut cfg = fast_config(&q);
+    cfg.dead_letter = Some(queue_worker::config::DeadLetterConfig {
+        queue_url: dlq.clone(),
+        max_receives: 5,
+    });
+    let w = start(cfg, Protector::disabled(), sh(script, &dir));
+    assert!(wait_until(SECS(15), || async { counts(&c, &q).await == (0, 0) }).await);
+    let snap = w.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("retry-me")).expect("attempts"),
+        "1\n2\n",
+        "failed once, retried, succeeded"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("poison")).expect("attempts"),
+        "1\n",
+        "exit 65: no retry"
+    );
+    assert_eq!(snap.jobs_dead_lettered, 1);
+    assert_eq!(counts(&c, &dlq).await.0, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_timeout_sends_sigterm_to_the_child_and_counts_a_failure() {
+    let c = client();
+    let q = create_queue(&c, "exec-timeout", &[]).await;
+    send_bodies(&c, &q, &["x"]).await;
+    let dir = temp_dir("exec-timeout");
+    let script = r#"trap 'echo term > "$1/term"; exit 143' TERM; sleep 30 & wait"#;
+    let mut cfg = fast_config(&q);
+    cfg.job_timeout = Some(SECS(1));
+    let w = start(cfg, Protector::disabled(), sh(script, &dir));
+    assert!(
+        wait_until(SECS(10), || async { w.snapshot().jobs_timed_out == 1 }).await,
+        "timed out"
+    );
+    assert!(
+        wait_until(SECS(3), || async { dir.join("term").exists() }).await,
+        "the child really got SIGTERM"
+    );
+    let snap = w.stop().await;
+    assert_eq!(snap.jobs_failed, 1);
+    assert_eq!(snap.messages_deleted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deadline_sends_sigterm_to_the_child_and_returns_the_message() {
+    let c = client();
+    let q = create_queue(&c, "exec-shutdown", &[]).await;
+    send_bodies(&c, &q, &["x"]).await;
+    let dir = temp_dir("exec-shutdown");
+    let script =
+        r#"touch "$1/started"; trap 'echo term > "$1/term"; exit 143' TERM; sleep 30 & wait"#;
+    let mut cfg = fast_config(&q);
+    cfg.shutdown_timeout = SECS(1);
+    let w = start(cfg, Protector::disabled(), sh(script, &dir));
+    assert!(wait_until(SECS(10), || async { dir.join("started").exists() }).await);
+    let snap = w.stop().await;
+    assert_eq!(snap.jobs_cancelled, 1);
+    assert!(
+        wait_until(SECS(3), || async { dir.join("term").exists() }).await,
+        "SIGTERM reached the child"
+    );
+    assert_eq!(
+        counts(&c, &q).await,
+        (1, 0),
+        "message back on the queue at once"
+    );
+}
