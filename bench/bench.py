@@ -1,0 +1,555 @@
+#!/usr/bin/env python3
+"""The benchmark driver behind scripts/bench.sh (stdlib only; loopback only).
+
+On one fauxqs instance it measures queue-worker against sqs-consumer (handleMessage and
+handleMessageBatch modes) on zero-length jobs, then queue-worker alone on 200 ms jobs, then the
+idle cost of queue-worker in both protection modes. Prints a table and writes JSON.
+
+Measurements, per consumer run (a fresh queue each time, preloaded before the consumer starts):
+- drain window: from the first poll that sees fewer than N visible messages to the first poll that
+  sees none visible, in flight or delayed (polled every 20 ms through fauxqs's /_fauxqs/queues,
+  which its request counters do not count);
+- CPU: utime+stime of the consumer from /proc/<pid>/stat, over the drain window (and from spawn);
+- peak RSS: ru_maxrss of the consumer from wait4() after it exits (whole life);
+- SQS requests: fauxqs's own counters (/_fauxqs/stats, reset before the consumer starts, read
+  after it exits), cross-checked with the worker's `sqs_requests` from its "worker stopped" line;
+- protection calls: the agent double's call log;
+- duplicates: queue-worker's JSON log ("message received" events, keyed by the job span's
+  message_id); sqs-consumer's own count of message ids (printed at exit);
+- emulator CPU share: fauxqs's utime+stime delta over the drain window / the window's length.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+POLL_S = 0.02
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid, in seconds (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vm_hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def stop_and_reap(proc, timeout=40.0):
+    """SIGTERM, then wait4 for the rusage. Returns (returncode, rusage)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped by Popen: no rusage
+            return proc.returncode, None
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru
+        if time.monotonic() > deadline:
+            log(f"pid {proc.pid} did not exit within {timeout:.0f} s of SIGTERM; killing it")
+            proc.kill()
+            deadline = time.monotonic() + 5
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# fauxqs
+
+
+class Fauxqs:
+    def __init__(self, node, server):
+        self.proc = subprocess.Popen(
+            [node, server, "--port", "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("FAUXQS_PORT="):
+            raise SystemExit(f"bench: fauxqs did not start (got {line!r})")
+        self.endpoint = f"http://127.0.0.1:{line.split('=', 1)[1]}"
+
+    def close(self):
+        self.proc.stdin.close()  # EOF stops it
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+    def sqs(self, op, body):
+        req = urllib.request.Request(
+            self.endpoint + "/",
+            data=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/x-amz-json-1.0",
+                "X-Amz-Target": f"AmazonSQS.{op}",
+                "Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"{}")
+
+    def get(self, path):
+        with urllib.request.urlopen(self.endpoint + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def create_queue(self, name):
+        return self.sqs("CreateQueue", {"QueueName": name})["QueueUrl"]
+
+    def delete_queue(self, url):
+        self.sqs("DeleteQueue", {"QueueUrl": url})
+
+    def depth(self, name):
+        """(visible, in flight, delayed) of a queue, without touching the request counters."""
+        for q in self.get("/_fauxqs/queues"):
+            if q["name"] == name:
+                return (
+                    q["approximateMessageCount"],
+                    q["approximateInflightCount"],
+                    q["approximateDelayedCount"],
+                )
+        raise SystemExit(f"bench: queue {name} vanished")
+
+    def stats(self, reset=False):
+        return self.get("/_fauxqs/stats" + ("?reset=1" if reset else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers started per run
+
+
+class AgentDouble:
+    def __init__(self, binary):
+        self.proc = subprocess.Popen(
+            [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.env = {}
+        for _ in range(2):
+            k, v = self.proc.stdout.readline().strip().split("=", 1)
+            self.env[k] = v
+
+    def finish(self):
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()
+        self.proc.wait(10)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def preload(args, env, queue_url, count, body=None, duration=None):
+    cmd = [args.worker_bin, "send", "--queue-url", queue_url, "--count", str(count), "--parallel", "16"]
+    cmd += ["--body", body] if body is not None else ["--duration", duration]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: preload failed: {r.stderr.strip()[-500:]}")
+
+
+def parse_worker_log(path):
+    """Duplicates and the final counters from queue-worker's JSON log."""
+    received = {}
+    stopped = None
+    warnings = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            msg = ev.get("message", "")
+            if msg == "message received":
+                mid = (ev.get("span") or {}).get("message_id")
+                received[mid] = received.get(mid, 0) + 1
+            elif msg == "worker stopped":
+                stopped = ev
+            if ev.get("level") in ("WARN", "ERROR"):
+                warnings += 1
+    dups = sum(n - 1 for n in received.values())
+    return {"received": sum(received.values()), "unique": len(received), "duplicates": dups,
+            "stopped_line": stopped, "warnings": warnings}
+
+
+SQS_OPS = ("ReceiveMessage", "DeleteMessage", "DeleteMessageBatch", "ChangeMessageVisibility",
+           "ChangeMessageVisibilityBatch", "GetQueueAttributes")
+
+
+def by_op(stats):
+    out = {}
+    for k, v in stats["requests"].items():
+        out[k.split(":", 1)[1]] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one drain
+
+
+def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=None, timeout=300):
+    """Preloads n messages, starts one consumer, waits for the queue to drain, stops it."""
+    name = f"bench-{kind}-{run_no}-{int(time.time() * 1000) % 10**9}"
+    url = fq.create_queue(name)
+    preload(args, env, url, n, body=None if duration else body, duration=duration)
+    t_wait = time.monotonic() + 30
+    while fq.depth(name)[0] < n:
+        if time.monotonic() > t_wait:
+            raise SystemExit(f"bench: preload of {name} incomplete: {fq.depth(name)}")
+        time.sleep(0.05)
+    fq.stats(reset=True)
+
+    agent = None
+    penv = dict(env, QUEUE_URL=url)
+    if kind == "queue-worker":
+        agent = AgentDouble(args.agent_bin)
+        penv.update(agent.env)
+        penv.update(
+            WORKER_LOG_FORMAT="json",
+            WORKER_PROTECTION="agent",
+            WORKER_CONCURRENCY=str(concurrency or args.concurrency),
+        )
+        if args.delete_linger:
+            penv["WORKER_DELETE_LINGER"] = args.delete_linger
+        penv.update(kv.split("=", 1) for kv in args.worker_env)
+        logpath = os.path.join(args.out_dir, f"worker-{name}.log")
+        errf = open(logpath, "w")
+        cmd = [args.worker_bin, "run"]
+        stdout = subprocess.DEVNULL
+    else:
+        mode = kind.split(":", 1)[1]
+        logpath = os.path.join(args.out_dir, f"{name}.log")
+        errf = open(logpath, "w")
+        cmd = [args.node, args.consumer_js, mode]
+        stdout = subprocess.PIPE
+
+    fq_pid = fq.proc.pid
+    t_spawn = time.monotonic()
+    proc = subprocess.Popen(cmd, env=penv, stdout=stdout, stderr=errf, text=True)
+    t_first = t_drained = None
+    cpu_first = fq_first = None
+    cpu_last = hwm = None
+    while True:
+        now = time.monotonic()
+        vis, inflight, delayed = fq.depth(name)
+        c = cpu_seconds(proc.pid)
+        f = cpu_seconds(fq_pid)
+        if c is not None:
+            cpu_last = c
+            hwm = vm_hwm_kb(proc.pid) or hwm
+        if t_first is None and vis < n:
+            t_first, cpu_first, fq_first = now, c, f
+        if vis == 0 and inflight == 0 and delayed == 0:
+            t_drained, cpu_drained, fq_drained = now, c, f
+            break
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: {kind} exited early ({proc.returncode}); see {logpath}")
+        if now - t_spawn > timeout:
+            stop_and_reap(proc)
+            raise SystemExit(f"bench: {kind} did not drain {n} messages in {timeout} s; see {logpath}")
+        time.sleep(POLL_S)
+    stats_at_drain = fq.stats()
+    t_term = time.monotonic()
+    rc, ru = stop_and_reap(proc)
+    t_exit = time.monotonic()
+    stats_at_exit = fq.stats()
+    errf.close()
+    consumer_out = proc.stdout.read() if proc.stdout else None
+    agent_calls = agent.finish() if agent else None
+    fq.delete_queue(url)
+
+    window = max(t_drained - t_first, 1e-9)
+    ops = by_op(stats_at_exit)
+    res = {
+        "kind": kind,
+        "messages": n,
+        "exit_code": rc,
+        "wall_s": round(t_drained - t_spawn, 4),
+        "drain_s": round(window, 4),
+        "stop_s": round(t_exit - t_term, 3),
+        "msgs_per_s": round(n / window, 1),
+        "wall_msgs_per_s": round(n / (t_drained - t_spawn), 1),
+        "cpu_s_total": round(ru.ru_utime + ru.ru_stime, 4) if ru else None,
+        "cpu_s_to_drain": round(cpu_drained, 4),
+        "cpu_s_drain_window": round(cpu_drained - cpu_first, 4),
+        "cpu_us_per_msg": round((cpu_drained - cpu_first) * 1e6 / n, 2),
+        "peak_rss_kb": ru.ru_maxrss if ru else hwm,
+        "vm_hwm_kb_at_drain": hwm,
+        "sqs_requests": stats_at_exit["total"],
+        "sqs_requests_at_drain": stats_at_drain["total"],
+        "sqs_requests_per_1000": round(stats_at_exit["total"] * 1000 / n, 1),
+        "sqs_by_op": ops,
+        "fauxqs_cpu_share": round((fq_drained - fq_first) / window, 3),
+        "log": os.path.relpath(logpath),
+    }
+    if kind == "queue-worker":
+        wl = parse_worker_log(logpath)
+        line = wl.pop("stopped_line") or {}
+        res["worker_reported"] = {k: line.get(k) for k in ("succeeded", "failed", "cancelled", "sqs_requests")}
+        # the worker does not count its start-up GetQueueAttributes; fauxqs does
+        res["sqs_count_mismatch"] = (
+            None if line.get("sqs_requests") is None
+            else stats_at_exit["total"] - ops.get("GetQueueAttributes", 0) - line["sqs_requests"]
+        )
+        # no per-job lines (e.g. RUST_LOG=warn): duplicates unknown
+        res["handled"] = wl["received"] or None
+        res["duplicates"] = wl["duplicates"] if wl["received"] else None
+        res["warnings"] = wl["warnings"]
+        res["protection_calls"] = agent_calls["calls"]
+        res["protection"] = {k: agent_calls[k] for k in ("puts_enable", "puts_disable", "gets")}
+    else:
+        try:
+            out = json.loads(consumer_out.strip().splitlines()[-1])
+        except (ValueError, IndexError, AttributeError):
+            out = {}
+        res["handled"] = out.get("handled")
+        res["duplicates"] = out.get("duplicates")
+        res["errors"] = out.get("errors")
+        res["protection_calls"] = None
+    log(
+        f"{kind:28} run {run_no}: {res['msgs_per_s']:>8.0f} msg/s, {res['cpu_us_per_msg']:>7.1f} µs CPU/msg, "
+        f"RSS {res['peak_rss_kb'] / 1024:5.1f} MB, {res['sqs_requests_per_1000']:6.1f} req/1k, "
+        f"dup {res['duplicates']}, fauxqs {res['fauxqs_cpu_share'] * 100:3.0f} % of a core"
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# idle
+
+
+def idle(args, fq, env, mode):
+    name = f"bench-idle-{mode}-{int(time.time() * 1000) % 10**9}"
+    url = fq.create_queue(name)
+    fq.stats(reset=True)
+    agent = AgentDouble(args.agent_bin)
+    penv = dict(env, QUEUE_URL=url, WORKER_LOG_FORMAT="json", WORKER_PROTECTION="agent",
+                WORKER_PROTECT=mode, WORKER_CONCURRENCY=str(args.concurrency), **agent.env)
+    logpath = os.path.join(args.out_dir, f"worker-{name}.log")
+    errf = open(logpath, "w")
+    t0_wall = time.time()
+    proc = subprocess.Popen([args.worker_bin, "run"], env=penv, stdout=subprocess.DEVNULL, stderr=errf)
+    time.sleep(args.idle_seconds)
+    if proc.poll() is not None:
+        raise SystemExit(f"bench: idle worker exited early; see {logpath}")
+    t_term_wall = time.time()
+    stats = fq.stats()
+    stop_and_reap(proc)
+    errf.close()
+    calls = agent.finish()
+    fq.delete_queue(url)
+    ops = by_op(stats)
+    minutes = args.idle_seconds / 60
+    during = [c for c in calls["log"] if c["at_ms"] <= t_term_wall * 1000]
+    first_release = next((i for i, c in enumerate(during) if c["method"] == "PUT" and c["enabled"] is False), None)
+    after_release = len(during) - first_release - 1 if first_release is not None else None
+    res = {
+        "mode": mode,
+        "seconds": args.idle_seconds,
+        "receives": ops.get("ReceiveMessage", 0),
+        "receives_per_min": round(ops.get("ReceiveMessage", 0) / minutes, 2),
+        "sqs_requests_per_min": round(stats["total"] / minutes, 2),
+        "sqs_by_op": ops,
+        "protection_calls": len(during),
+        "protection_calls_per_min": round(len(during) / minutes, 2),
+        "protection_calls_after_first_release": after_release,
+        "protection_log_ms": [
+            {"t_ms": c["at_ms"] - int(t0_wall * 1000), "method": c["method"], "enabled": c["enabled"]}
+            for c in calls["log"]
+        ],
+        "log": os.path.relpath(logpath),
+    }
+    log(
+        f"idle {mode:15}: {res['receives_per_min']} receives/min, {res['protection_calls']} protection calls "
+        f"({after_release} after the first release) in {args.idle_seconds} s"
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def median(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(rows):
+    keys = ("msgs_per_s", "wall_msgs_per_s", "cpu_us_per_msg", "peak_rss_kb", "sqs_requests_per_1000",
+            "protection_calls", "duplicates", "fauxqs_cpu_share", "wall_s", "drain_s")
+    return {k: median(rows, k) for k in keys}
+
+
+def fmt_ratio(a, b):
+    if a is None or b in (None, 0):
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+def table(summary, n, runs):
+    w, m, b = summary["queue-worker"], summary["sqs-consumer:message"], summary["sqs-consumer:batch"]
+    lines = [
+        f"Zero-length jobs: N={n}, medians of {runs} run(s), one fauxqs instance",
+        "",
+        "| | queue-worker | sqs-consumer handleMessage | sqs-consumer handleMessageBatch | vs handleMessage | vs handleMessageBatch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(label, key, fmt):
+        def f(s):
+            v = s.get(key)
+            return "—" if v is None else fmt(v)
+        lines.append(f"| {label} | {f(w)} | {f(m)} | {f(b)} | {fmt_ratio(w.get(key), m.get(key))} | {fmt_ratio(w.get(key), b.get(key))} |")
+
+    row("throughput (msg/s)", "msgs_per_s", lambda v: f"{v:,.0f}")
+    row("CPU per message (µs)", "cpu_us_per_msg", lambda v: f"{v:,.1f}")
+    row("peak RSS (MB)", "peak_rss_kb", lambda v: f"{v / 1024:.1f}")
+    row("SQS requests per 1,000 msg", "sqs_requests_per_1000", lambda v: f"{v:.1f}")
+    row("protection calls", "protection_calls", lambda v: f"{v:.0f}")
+    row("messages handled twice", "duplicates", lambda v: f"{v:.0f}")
+    row("emulator CPU (share of a core)", "fauxqs_cpu_share", lambda v: f"{v * 100:.0f} %")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--concurrency", type=int, default=100)
+    ap.add_argument("--delete-linger", default="", help="WORKER_DELETE_LINGER for the worker (default: its own)")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra env for the drain runs of queue-worker (e.g. RUST_LOG=warn, WORKER_WAIT_TIME=5s)")
+    ap.add_argument("--slow-messages", type=int, default=2000)
+    ap.add_argument("--slow-ms", type=int, default=200)
+    ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--skip", default="", help="comma list of: compare,slow,idle")
+    ap.add_argument("--worker-bin", required=True)
+    ap.add_argument("--agent-bin", required=True)
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--fauxqs-server", required=True)
+    ap.add_argument("--consumer-js", required=True)
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    started = time.monotonic()
+    fq = Fauxqs(args.node, args.fauxqs_server)
+    env = dict(
+        os.environ,
+        AWS_ENDPOINT_URL=fq.endpoint,
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "RUST_LOG", "WORKER_PROTECT", "ECS_AGENT_URI"):
+        env.pop(k, None)
+    log(f"fauxqs on {fq.endpoint} (pid {fq.proc.pid})")
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release()},
+        "settings": {k: getattr(args, k) for k in ("runs", "messages", "concurrency", "delete_linger", "worker_env",
+                                                    "slow_messages", "slow_ms", "idle_seconds")},
+    }
+    try:
+        if "compare" not in skip:
+            kinds = ("queue-worker", "sqs-consumer:message", "sqs-consumer:batch")
+            rows = {k: [] for k in kinds}
+            for r in range(1, args.runs + 1):
+                for k in kinds:  # interleaved, so drift on a shared machine hits all alike
+                    rows[k].append(drain(args, fq, env, k, args.messages, r))
+            result["compare"] = {"runs": rows, "median": {k: summarize(v) for k, v in rows.items()}}
+        if "slow" not in skip:
+            rows = [drain(args, fq, env, "queue-worker", args.slow_messages, r, duration=f"{args.slow_ms}ms")
+                    for r in range(1, args.runs + 1)]
+            ideal = args.slow_messages * args.slow_ms / 1000 / args.concurrency
+            med = summarize(rows)
+            result["slow"] = {"runs": rows, "median": med, "ideal_s": ideal,
+                              "wall_over_ideal": round(med["wall_s"] / ideal, 3),
+                              "drain_over_ideal": round(med["drain_s"] / ideal, 3)}
+        if "idle" not in skip:
+            result["idle"] = [idle(args, fq, env, m) for m in ("before-receive", "on-receipt")]
+    finally:
+        fq.close()
+    result["bench_seconds"] = round(time.monotonic() - started, 1)
+
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(report(result))
+    log(f"wrote {os.path.relpath(args.json)} ({result['bench_seconds']} s)")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def report(result):
+    out = [f"{result['date']} · {result['machine']['nproc']} CPUs · {result['machine']['cpu']}", ""]
+    s = result["settings"]
+    if "compare" in result:
+        out.append(table(result["compare"]["median"], s["messages"], s["runs"]))
+        out.append(f"(queue-worker: concurrency {s['concurrency']}, protection on against the agent double; "
+                   "sqs-consumer: batchSize 10, handlers return the messages)")
+        out.append("")
+    if "slow" in result:
+        sl = result["slow"]
+        out.append(
+            f"{s['slow_messages']} jobs of {s['slow_ms']} ms at concurrency {s['concurrency']}: "
+            f"wall {sl['median']['wall_s']:.2f} s (drain {sl['median']['drain_s']:.2f} s), ideal {sl['ideal_s']:.2f} s "
+            f"→ {100 * (sl['wall_over_ideal'] - 1):+.1f} % over ideal; "
+            f"{sl['median']['sqs_requests_per_1000']:.0f} SQS requests per 1,000 msg, "
+            f"{sl['median']['duplicates']:.0f} duplicates"
+        )
+        out.append("")
+    if "idle" in result:
+        out.append(f"Idle ({s['idle_seconds']:.0f} s, empty queue):")
+        out.append("| WORKER_PROTECT | receives/min | SQS requests/min | protection calls | after first release |")
+        out.append("|---|---:|---:|---:|---:|")
+        for i in result["idle"]:
+            out.append(f"| {i['mode']} | {i['receives_per_min']:.1f} | {i['sqs_requests_per_min']:.1f} | "
+                       f"{i['protection_calls']} | {i['protection_calls_after_first_release']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The benchmark (issue 6): queue-worker against sqs-consumer on one fauxqs instance, loopback only.
+#
+#   scripts/bench.sh               full run: 20,000 zero-length jobs x 3 runs, 200 ms scenario,
+#                                  60 s idle per protection mode (about 6-8 minutes)
+#   scripts/bench.sh --quick       smoke run: 2,000 jobs, 1 run, 20 s idle (about a minute)
+#   scripts/bench.sh [--runs N] [--messages N] [--concurrency N] [--idle-seconds S]
+#                    [--delete-linger 20ms] [--worker-env KEY=VALUE]... [--skip compare,slow,idle]
+#
+# Installs what it needs (scripts/setup.sh for Node 22 + fauxqs; sqs-consumer from
+# bench/package-lock.json into .tools/bench with npm ci), builds the release binary and the
+# agent-double example, then runs bench/bench.py. Prints a table; writes bench/results/latest.json
+# and keeps each consumer's log under .run/bench/.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) args+=(--runs 1 --messages 2000 --idle-seconds 20) ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first"
+command -v python3 >/dev/null 2>&1 || die "python3 not found (the driver needs only its standard library)"
+python3 -c 'import os, sys; sys.exit(0 if hasattr(os, "wait4") and sys.version_info >= (3, 9) else 1)' \
+  || die "python3 >= 3.9 is needed (os.wait4, os.waitstatus_to_exitcode)"
+
+bash scripts/setup.sh
+
+# sqs-consumer, exactly as locked in bench/package-lock.json
+BENCH_HOME="$TOOLS_DIR/bench"
+want="$(cat bench/package.json bench/package-lock.json | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$BENCH_HOME/.installed" 2>/dev/null)" != "$want" ] || [ ! -d "$BENCH_HOME/node_modules/sqs-consumer" ]; then
+  step "installing sqs-consumer into ${BENCH_HOME#"$REPO_ROOT"/} with npm ci"
+  mkdir -p "$BENCH_HOME"
+  cp bench/package.json bench/package-lock.json "$BENCH_HOME/"
+  ( cd "$BENCH_HOME" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error ) \
+    || die "npm ci failed in $BENCH_HOME (see npm's messages above)"
+  echo "$want" >"$BENCH_HOME/.installed"
+fi
+# ES modules resolve packages from the script's own folder: run a copy that sits beside node_modules.
+cp bench/sqs-consumer.mjs "$BENCH_HOME/sqs-consumer.mjs"
+
+step "cargo build --release (queue-worker and the agent-double example)"
+cargo build --release --locked --bin queue-worker --example agent-double
+
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$RUN_DIR/bench" bench/results
+step "running the benchmark"
+python3 bench/bench.py \
+  --worker-bin "$TARGET_DIR/release/queue-worker" \
+  --agent-bin "$TARGET_DIR/release/examples/agent-double" \
+  --node "$NODE22" \
+  --fauxqs-server "$FAUXQS_SERVER" \
+  --consumer-js "$BENCH_HOME/sqs-consumer.mjs" \
+  --out-dir "$RUN_DIR/bench" \
+  --json bench/results/latest.json \
+  "${args[@]}"
