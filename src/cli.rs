@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ProtectionBackendKind, RunArgs};
 use crate::exec::ExecHandler;
+use crate::forward::ForwardHandler;
 use crate::handler::SimulatedJob;
 use crate::protection::{agent::AgentBackend, ecs_api::EcsApiBackend, Protector, Timing};
 use crate::send::SendArgs;
@@ -151,6 +152,10 @@ impl RunArgs {
 
 async fn run(args: RunArgs) -> ExitCode {
     let exec = args.exec_command();
+    let forward = match args.forward() {
+        Ok(f) => f,
+        Err(e) => return config_error(&e),
+    };
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -172,25 +177,35 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let sqs = Sqs::new(aws_sdk_sqs::Client::new(&sdk), Arc::new(Stats::default()));
-    let result = match exec.split_first() {
-        Some((program, rest)) => {
-            let handler = ExecHandler {
-                program: program.clone(),
-                args: rest.to_vec(),
-                kill_grace: EXEC_KILL_GRACE,
-            };
-            crate::worker::run(config, sqs, protector, Arc::new(handler), shutdown.clone()).await
+    let result = if let Some(fwd) = forward {
+        let handler = match ForwardHandler::new(&fwd.url, &config.queue_url, fwd.timeout) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("queue-worker: cannot build the HTTP client for --forward-to: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        if !handler.wait_ready(&fwd.health_url, &shutdown).await {
+            signals.abort();
+            return ExitCode::SUCCESS;
         }
-        None => {
-            crate::worker::run(
-                config,
-                sqs,
-                protector,
-                Arc::new(SimulatedJob),
-                shutdown.clone(),
-            )
-            .await
-        }
+        crate::worker::run(config, sqs, protector, Arc::new(handler), shutdown.clone()).await
+    } else if let Some((program, rest)) = exec.split_first() {
+        let handler = ExecHandler {
+            program: program.clone(),
+            args: rest.to_vec(),
+            kill_grace: EXEC_KILL_GRACE,
+        };
+        crate::worker::run(config, sqs, protector, Arc::new(handler), shutdown.clone()).await
+    } else {
+        crate::worker::run(
+            config,
+            sqs,
+            protector,
+            Arc::new(SimulatedJob),
+            shutdown.clone(),
+        )
+        .await
     };
     shutdown.cancel();
     signals.abort();

@@ -197,6 +197,19 @@ pub struct RunArgs {
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub exec: Vec<String>,
 
+    /// POST each body to this local app (Elastic Beanstalk worker style): 2xx = done,
+    /// 429/503 + Retry-After = retry after that, other = retry with backoff.
+    #[arg(long, env = "WORKER_FORWARD_TO", conflicts_with = "exec")]
+    pub forward_to: Option<String>,
+
+    /// Don't poll until this URL answers 2xx [default: --forward-to's origin + /health].
+    #[arg(long, env = "WORKER_FORWARD_HEALTH_URL")]
+    pub forward_health_url: Option<String>,
+
+    /// Per-request timeout for --forward-to.
+    #[arg(long, env = "WORKER_FORWARD_TIMEOUT", default_value = "60s")]
+    pub forward_timeout: String,
+
     /// The same as --exec, from the environment: split on whitespace (no shell quoting).
     #[arg(long = "exec-env", env = "WORKER_EXEC", hide = true)]
     pub exec_env: Option<String>,
@@ -311,7 +324,51 @@ pub fn parse_addr(raw: &str) -> Result<std::net::SocketAddr, ConfigError> {
     })
 }
 
+/// Where `--forward-to` sends bodies, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub url: String,
+    pub health_url: String,
+    pub timeout: Duration,
+}
+
 impl RunArgs {
+    /// `--forward-to` settings, validated; `None` when not set.
+    pub fn forward(&self) -> Result<Option<ForwardConfig>, ConfigError> {
+        let Some(raw) = self.forward_to.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let url = check_url(raw, "--forward-to", "WORKER_FORWARD_TO")?;
+        let health_url = match self
+            .forward_health_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(h) => check_url(h, "--forward-health-url", "WORKER_FORWARD_HEALTH_URL")?,
+            None => {
+                // scheme://host:port + /health
+                let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+                let origin_end = url[after_scheme..]
+                    .find('/')
+                    .map(|i| i + after_scheme)
+                    .unwrap_or(url.len());
+                format!("{}/health", &url[..origin_end])
+            }
+        };
+        let timeout = parse_bounded(
+            &self.forward_timeout,
+            "--forward-timeout",
+            "WORKER_FORWARD_TIMEOUT",
+            Duration::from_millis(1),
+            SQS_MAX_VISIBILITY,
+        )?;
+        Ok(Some(ForwardConfig {
+            url,
+            health_url,
+            timeout,
+        }))
+    }
+
     /// The `--exec` command line (or `WORKER_EXEC` split on whitespace); empty when not set.
     pub fn exec_command(&self) -> Vec<String> {
         if !self.exec.is_empty() {

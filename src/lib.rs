@@ -4,6 +4,7 @@
 //! - [`worker`]: the protected long-poll loop, job tasks, and the two-phase shutdown.
 //! - [`handler`]: the handler boundary ([`Handler`], [`Job`], [`Outcome`]) and the simulated job.
 //! - [`exec`]: the `--exec` handler: one process per message, no shell.
+//! - [`forward`]: the `--forward-to` handler: POST to a local app, sqsd-style headers.
 //! - [`protection`]: the protection actor and its backends (agent endpoint, ECS API).
 //! - [`sqs`]: counted SQS calls, the batching deleter and the visibility keeper.
 //! - [`config`]: flags and env vars parsed once into a validated [`Config`].
@@ -19,6 +20,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod exec;
+pub mod forward;
 pub mod handler;
 pub mod limits;
 pub mod local_ecs;

@@ -152,3 +152,161 @@ async fn shutdown_deadline_sends_sigterm_to_the_child_and_returns_the_message() 
         "message back on the queue at once"
     );
 }
+
+/// (peer, body, headers, arrival) of one forwarded request.
+type Request = (
+    std::net::SocketAddr,
+    String,
+    HashMap<String, String>,
+    std::time::Instant,
+);
+
+/// A local app for `--forward-to`: records every request, answers by body.
+#[derive(Clone, Default)]
+struct App {
+    seen: Arc<Mutex<Vec<Request>>>,
+    health_calls: Arc<Mutex<u32>>,
+}
+
+async fn serve_app(app: App) -> String {
+    use axum::extract::{ConnectInfo, State};
+    use axum::http::{HeaderMap, StatusCode};
+    let router = axum::Router::new()
+        .route(
+            "/work",
+            axum::routing::post(
+                |State(app): State<App>,
+                 ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    let h = headers
+                        .iter()
+                        .map(|(k, v)| {
+                            (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                        })
+                        .collect();
+                    let n = {
+                        let mut seen = app.seen.lock().expect("lock");
+                        seen.push((peer, body.clone(), h, std::time::Instant::now()));
+                        seen.iter().filter(|s| s.1 == body).count()
+                    };
+                    match body.as_str() {
+                        "busy" if n == 1 => {
+                            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "2")])
+                                .into_response()
+                        }
+                        "bad" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                        _ => StatusCode::OK.into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/health",
+            axum::routing::get(|State(app): State<App>| async move {
+                let mut n = app.health_calls.lock().expect("lock");
+                *n += 1;
+                if *n < 3 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }),
+        )
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    format!("http://{addr}")
+}
+
+use axum::response::IntoResponse;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_posts_with_sqsd_headers_honours_retry_after_and_reuses_connections() {
+    let c = client();
+    let q = create_queue(&c, "forward", &[]).await;
+    let app = App::default();
+    let base = serve_app(app.clone()).await;
+    let handler = queue_worker::forward::ForwardHandler::new(&format!("{base}/work"), &q, SECS(5))
+        .expect("client");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    assert!(handler.wait_ready(&format!("{base}/health"), &cancel).await);
+    assert_eq!(
+        *app.health_calls.lock().expect("lock"),
+        3,
+        "polled health until it answered 200"
+    );
+
+    let attr = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("blue")
+        .build()
+        .expect("attr");
+    let id = c
+        .send_message()
+        .queue_url(&q)
+        .message_body("ok")
+        .message_attributes("colour", attr)
+        .send()
+        .await
+        .expect("send")
+        .message_id
+        .expect("id");
+    let mut bodies = vec!["busy"];
+    bodies.extend(std::iter::repeat_n("ok", 20));
+    send_bodies(&c, &q, &bodies).await;
+    send_bodies(&c, &q, &["bad"]).await;
+    let mut cfg = fast_config(&q);
+    cfg.concurrency = 2;
+    let w = start(cfg, Protector::disabled(), handler);
+    assert!(
+        wait_until(SECS(15), || async { w.snapshot().messages_deleted == 22 }).await,
+        "ok and busy (after its retry) deleted"
+    );
+    let snap = w.stop().await;
+    assert!(
+        snap.jobs_failed >= 2,
+        "busy once, bad at least once: {snap:?}"
+    );
+    let seen = app.seen.lock().expect("lock").clone();
+    let first = seen
+        .iter()
+        .find(|s| s.2.get("x-aws-sqsd-msgid") == Some(&id))
+        .expect("ok message forwarded");
+    assert_eq!(
+        first.2.get("x-aws-sqsd-receive-count").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        first.2.get("x-aws-sqsd-attr-colour").map(String::as_str),
+        Some("blue")
+    );
+    assert!(first.2.contains_key("x-aws-sqsd-first-received-at"));
+    let busy: Vec<_> = seen.iter().filter(|s| s.1 == "busy").collect();
+    assert_eq!(busy.len(), 2);
+    assert!(
+        busy[1].3 - busy[0].3 >= Duration::from_millis(1900),
+        "came back after Retry-After: {:?}",
+        busy[1].3 - busy[0].3
+    );
+    let peers: std::collections::HashSet<_> = seen.iter().map(|s| s.0).collect();
+    assert!(
+        peers.len() <= 4,
+        "{} requests over {} connections",
+        seen.len(),
+        peers.len()
+    );
+    let (visible, in_flight) = counts(&c, &q).await;
+    assert_eq!(visible + in_flight, 1, "the failing one is still queued");
+}
