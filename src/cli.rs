@@ -51,6 +51,8 @@ pub enum Command {
     Send(SendArgs),
     /// Ask the running worker's /health (the container health check): exit 0 if healthy.
     Health(HealthArgs),
+    /// Scale the ECS service and watch it settle (events, counts, protected tasks).
+    Ecs(crate::ecs_cmd::EcsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +138,7 @@ pub async fn main() -> ExitCode {
         Command::Run(args) => run(*args).await,
         Command::Send(args) => send(args).await,
         Command::Health(args) => health(args).await,
+        Command::Ecs(args) => crate::ecs_cmd::main(args).await,
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`config`]: flags and env vars parsed once into a validated [`Config`].
 //! - [`observe`]: `/health` and `/metrics` beside the loop, and the `health` probe.
 //! - [`send`]: the `send` command (test messages).
+//! - [`ecs_cmd`]: `ecs scale` / `ecs watch`: set a service's desired count, watch it settle.
 //! - [`cli`]: the command line and exit codes; `main.rs` only calls [`cli::main`].
 //! - [`agent_double`]: a faithful stand-in for the ECS agent endpoints (tests, demo).
 //! - [`local_ecs`]: a local stand-in for one ECS service (the `local-ecs` dev binary, e2e tests).
@@ -19,6 +20,7 @@ pub mod agent_double;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod ecs_cmd;
 pub mod exec;
 pub mod forward;
 pub mod handler;

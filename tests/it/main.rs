@@ -1,7 +1,8 @@
 //! All integration tests link into this one binary (faster to build, one fauxqs per run).
-//! They need fauxqs: `scripts/setup.sh` installs it (`scripts/test.sh` runs it first).
+//! They need fauxqs and moto: `scripts/setup.sh` installs both (`scripts/test.sh` runs it first).
 
 mod binary;
+mod ecs;
 mod handlers;
 mod local_ecs;
 mod support;
