@@ -389,11 +389,26 @@ async fn poll_loop<H: Handler>(
             }
         }
 
-        for (msg, permit) in messages.into_iter().zip(permits) {
-            shared.running.fetch_add(1, Ordering::AcqRel);
-            Stats::add(&shared.sqs.stats.jobs_started, 1);
-            let span = tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count);
-            jobs.spawn(run_job(shared.clone(), msg, permit).instrument(span));
+        let batch: Vec<(Received, OwnedSemaphorePermit)> =
+            messages.into_iter().zip(permits).collect();
+        shared.running.fetch_add(batch.len(), Ordering::AcqRel);
+        if shared.queue.fifo {
+            // One task per message group: a group's messages run one after another, in order;
+            // different groups run in parallel.
+            for group in fifo_groups(batch) {
+                let keys = group.iter().map(|(m, _)| shared.keeper.track(m)).collect();
+                jobs.spawn(run_group(shared.clone(), group, keys));
+            }
+        } else {
+            for (msg, permit) in batch {
+                let key = shared.keeper.track(&msg);
+                let span = tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count);
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    run_job(shared, msg, key).instrument(span).await;
+                    drop(permit)
+                });
+            }
         }
     }
     tracing::debug!("poll loop stopped");
@@ -416,9 +431,58 @@ enum Ending {
     Cancelled,
 }
 
-/// Runs one job and settles its message: delete, retry later, dead-letter, or return.
-async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: OwnedSemaphorePermit) {
-    let key = shared.keeper.track(&msg);
+/// Splits a FIFO batch by `MessageGroupId`, keeping the order of messages within each group.
+fn fifo_groups<T>(batch: Vec<(Received, T)>) -> Vec<Vec<(Received, T)>> {
+    let mut keys: Vec<Option<String>> = Vec::new();
+    let mut groups: Vec<Vec<(Received, T)>> = Vec::new();
+    for item in batch {
+        let g = item.0.attributes.get("MessageGroupId").cloned();
+        match keys.iter().position(|k| *k == g) {
+            Some(i) => groups[i].push(item),
+            None => {
+                keys.push(g);
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
+}
+
+/// Runs a FIFO group's messages in order. After a failure the rest go back at once (visibility
+/// 0), so SQS hands them out again only after the failed one: the order holds.
+async fn run_group<H: Handler>(
+    shared: Arc<Shared<H>>,
+    group: Vec<(Received, OwnedSemaphorePermit)>,
+    keys: Vec<u64>,
+) {
+    let mut rest = group.into_iter().zip(keys);
+    while let Some(((msg, permit), key)) = rest.next() {
+        let span = tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count);
+        let ok = run_job(shared.clone(), msg, key).instrument(span).await;
+        drop(permit);
+        if !ok {
+            let left: Vec<((Received, OwnedSemaphorePermit), u64)> = rest.collect();
+            if !left.is_empty() {
+                tracing::info!(
+                    count = left.len(),
+                    "returning the rest of the message group so its order holds"
+                );
+                for (_, key) in &left {
+                    shared.keeper.untrack(*key);
+                }
+                let msgs: Vec<Received> = left.iter().map(|((m, _), _)| m.clone()).collect();
+                shared.sqs.return_now(&shared.config.queue_url, &msgs).await;
+                shared.running.fetch_sub(left.len(), Ordering::AcqRel);
+            }
+            return;
+        }
+    }
+}
+
+/// Runs one job (its message already tracked under `key`) and settles its message: delete,
+/// retry later, dead-letter, or return. True when the job succeeded.
+async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) -> bool {
+    Stats::add(&shared.sqs.stats.jobs_started, 1);
     let started = Instant::now();
     tracing::info!("message received");
     let ending = match unwrap_sns(&msg.body) {
@@ -476,6 +540,7 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: Owne
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let stats = &shared.sqs.stats;
     let queue_url = &shared.config.queue_url;
+    let succeeded = matches!(ending, Ending::Done(Outcome::Success));
     match ending {
         Ending::Done(Outcome::Success) => {
             Stats::add(&stats.jobs_succeeded, 1);
@@ -509,7 +574,7 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, permit: Owne
         }
     }
     shared.running.fetch_sub(1, Ordering::AcqRel);
-    drop(permit);
+    succeeded
 }
 
 /// A failed job: dead-letter it ourselves when that is our job, otherwise make it visible again
@@ -731,4 +796,46 @@ fn metrics_renderer(
         );
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, group: &str) -> (Received, ()) {
+        let attributes = [("MessageGroupId".to_string(), group.to_string())]
+            .into_iter()
+            .collect();
+        let r = Received {
+            message_id: id.into(),
+            receipt_handle: id.into(),
+            body: String::new(),
+            receive_count: 1,
+            attributes,
+            message_attributes: Default::default(),
+            raw_message_attributes: Default::default(),
+            received_at: Instant::now(),
+        };
+        (r, ())
+    }
+
+    #[test]
+    fn fifo_batches_split_by_group_keeping_order() {
+        let batch = vec![
+            msg("a1", "a"),
+            msg("b1", "b"),
+            msg("a2", "a"),
+            msg("c1", "c"),
+            msg("a3", "a"),
+            msg("b2", "b"),
+        ];
+        let ids: Vec<Vec<String>> = fifo_groups(batch)
+            .into_iter()
+            .map(|g| g.into_iter().map(|(m, _)| m.message_id).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![vec!["a1", "a2", "a3"], vec!["b1", "b2"], vec!["c1"]]
+        );
+    }
 }

@@ -585,3 +585,88 @@ async fn health_turns_unhealthy_when_the_queue_never_answers() {
         .expect("run");
     holder.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_run_in_order_and_in_parallel_even_across_a_retry() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    use std::sync::Mutex;
+    let c = client();
+    let name = format!("{}.fifo", unique("fifo"));
+    let q = c
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+        .send()
+        .await
+        .expect("fifo queue")
+        .queue_url
+        .expect("url");
+    for seq in 0..4 {
+        for g in ["a", "b", "c"] {
+            c.send_message()
+                .queue_url(&q)
+                .message_group_id(g)
+                .message_body(format!("{g}-{seq}"))
+                .send()
+                .await
+                .expect("send");
+        }
+    }
+    let log: Arc<Mutex<Vec<(String, u32, std::time::Instant, std::time::Instant, bool)>>> =
+        Arc::default();
+    let rec = log.clone();
+    let handler = queue_worker::handler_fn(move |job: queue_worker::Job| {
+        let rec = rec.clone();
+        async move {
+            let start = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            // b-1 fails on its first delivery: b-2 must still run after it.
+            let ok = !(job.body == "b-1" && job.receive_count == 1);
+            rec.lock().expect("lock").push((
+                job.body.clone(),
+                job.receive_count,
+                start,
+                std::time::Instant::now(),
+                ok,
+            ));
+            if ok {
+                Outcome::Success
+            } else {
+                Outcome::Retry {
+                    reason: "first try".into(),
+                    delay: Some(SECS(1)),
+                }
+            }
+        }
+    });
+    let w = start(fast_config(&q), Protector::disabled(), handler);
+    assert!(
+        wait_until(SECS(40), || async { w.snapshot().messages_deleted == 12 }).await,
+        "all 12 done: {:?}",
+        w.snapshot()
+    );
+    w.stop().await;
+    let log = log.lock().expect("lock").clone();
+    for g in ["a", "b", "c"] {
+        let done: Vec<&str> = log
+            .iter()
+            .filter(|e| e.0.starts_with(g) && e.4)
+            .map(|e| e.0.as_str())
+            .collect();
+        let want: Vec<String> = (0..4).map(|i| format!("{g}-{i}")).collect();
+        assert_eq!(done, want, "group {g} in order, each once");
+    }
+    let b1_ok = log
+        .iter()
+        .find(|e| e.0 == "b-1" && e.4)
+        .expect("b-1 succeeded")
+        .3;
+    let b2_start = log.iter().find(|e| e.0 == "b-2").expect("b-2 ran").2;
+    assert!(b2_start >= b1_ok, "b-2 started only after b-1 succeeded");
+    let overlapped = log.iter().any(|x| {
+        log.iter()
+            .any(|y| x.0[..1] != y.0[..1] && x.2 < y.3 && y.2 < x.3)
+    });
+    assert!(overlapped, "different groups ran in parallel");
+}
