@@ -586,6 +586,9 @@ async fn health_turns_unhealthy_when_the_queue_never_answers() {
     holder.abort();
 }
 
+/// (body, receive count, start, end, succeeded) of one FIFO job.
+type FifoRun = (String, u32, std::time::Instant, std::time::Instant, bool);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_groups_run_in_order_and_in_parallel_even_across_a_retry() {
     use aws_sdk_sqs::types::QueueAttributeName;
@@ -613,8 +616,7 @@ async fn fifo_groups_run_in_order_and_in_parallel_even_across_a_retry() {
                 .expect("send");
         }
     }
-    let log: Arc<Mutex<Vec<(String, u32, std::time::Instant, std::time::Instant, bool)>>> =
-        Arc::default();
+    let log: Arc<Mutex<Vec<FifoRun>>> = Arc::default();
     let rec = log.clone();
     let handler = queue_worker::handler_fn(move |job: queue_worker::Job| {
         let rec = rec.clone();
