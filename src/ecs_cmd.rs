@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_ecs::config::http::HttpResponse;
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ecs::types::{Service, ServiceField};
@@ -146,24 +147,31 @@ impl EcsError {
     }
 }
 
-/// One line saying why an SDK call failed: the service's error code and message when it sent
-/// them, the whole error chain otherwise (no credentials, connection refused, ...).
-fn aws_reason<E, R>(e: &SdkError<E, R>) -> String
+/// One short line saying why an SDK call failed: the service's error code and message when it
+/// sent them; the HTTP status when its answer could not be read (moto answers unknown actions with
+/// an HTML 500 page); otherwise the error chain (no credentials, connection refused, ...).
+fn aws_reason<E>(e: &SdkError<E, HttpResponse>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match (e.code(), e.message()) {
-        (Some(code), Some(msg)) => format!("{code}: {msg}"),
-        (Some(code), None) => code.to_string(),
+        (Some(code), Some(msg)) => return format!("{code}: {msg}"),
+        (Some(code), None) => return code.to_string(),
+        _ => {}
+    }
+    match e {
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
+            let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+            format!("HTTP {status} with no readable error")
+        }
         _ => DisplayErrorContext(e).to_string().replace('\n', " "),
     }
 }
 
-fn aws<E, R>(op: &'static str) -> impl Fn(SdkError<E, R>) -> EcsError
+fn aws<E>(op: &'static str) -> impl Fn(SdkError<E, HttpResponse>) -> EcsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     move |e| EcsError::Aws {
         op,

@@ -6,7 +6,8 @@
 //! - it runs no tasks for a service: a new service reports running 0, pending = desired, and
 //!   `UpdateService` sets running = desired, pending 0 at once (so a scale to 0 is steady at once);
 //! - its services have no events;
-//! - it has no `GetTaskProtection` (the command says protection is unknown and goes on);
+//! - it has no `GetTaskProtection` (it answers with an HTML 500 page, which the SDK retries; the
+//!   command then says in one line that protection is unknown and goes on);
 //! - `ListTasks --service-name` is not filtered: every task of the cluster is listed.
 
 use std::net::{TcpListener, TcpStream};
@@ -298,6 +299,11 @@ async fn watch_by_cluster_and_service_shows_counts_and_tasks() {
         1,
         "{out}"
     );
+    let unknown = out
+        .lines()
+        .find(|l| l.contains("task protection: unknown"))
+        .unwrap_or_default();
+    assert!(unknown.len() < 200, "a short line: {unknown}");
     assert!(out.contains("tasks: 1 task (protection unknown)"), "{out}");
     assert!(out.contains("is steady"), "{out}");
     // Counts are printed when they change, not at every poll.
