@@ -374,6 +374,7 @@ impl Control {
         let mut st = lock(&self.inner.state);
         let from = st.desired;
         st.desired = desired;
+        st.steady = false;
         self.inner.event(
             &mut st,
             EventKind::DesiredCount { from, to: desired },
@@ -387,6 +388,7 @@ impl Control {
     pub fn deploy(&self) -> u32 {
         let mut st = lock(&self.inner.state);
         st.revision += 1;
+        st.steady = false;
         let revision = st.revision;
         let old = st
             .tasks
