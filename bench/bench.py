@@ -10,7 +10,8 @@ Measurements, per consumer run (a fresh queue each time, preloaded before the co
   sees none visible, in flight or delayed (polled every 20 ms through fauxqs's /_fauxqs/queues,
   which its request counters do not count);
 - CPU: utime+stime of the consumer from /proc/<pid>/stat, over the drain window (and from spawn);
-- peak RSS: ru_maxrss of the consumer from wait4() after it exits (whole life);
+- peak RSS: VmHWM from /proc/<pid>/status, read until the consumer has exited (ru_maxrss is
+  polluted by the driver's own RSS at spawn);
 - SQS requests: fauxqs's own counters (/_fauxqs/stats, reset before the consumer starts, read
   after it exits), cross-checked with the worker's `sqs_requests` from its "worker stopped" line;
 - protection calls: the agent double's call log;
@@ -65,24 +66,30 @@ def vm_hwm_kb(pid):
     return None
 
 
-def stop_and_reap(proc, timeout=40.0):
-    """SIGTERM, then wait4 for the rusage. Returns (returncode, rusage)."""
+def stop_and_reap(proc, timeout=40.0, hwm=None):
+    """SIGTERM, then wait4 for the rusage. Returns (returncode, rusage, peak VmHWM in kB).
+
+    VmHWM is read until the process is gone: ru_maxrss is no use for peak RSS, because a child
+    spawned with vfork/fork keeps the parent's (the driver's) RSS at exec as its high-water mark."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while True:
+        h = vm_hwm_kb(proc.pid)
+        if h and (hwm is None or h > hwm):
+            hwm = h
         try:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         except ChildProcessError:  # already reaped by Popen: no rusage
-            return proc.returncode, None
+            return proc.returncode, None, hwm
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, ru
+            return proc.returncode, ru, hwm
         if time.monotonic() > deadline:
             log(f"pid {proc.pid} did not exit within {timeout:.0f} s of SIGTERM; killing it")
             proc.kill()
             deadline = time.monotonic() + 5
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +286,7 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         time.sleep(POLL_S)
     stats_at_drain = fq.stats()
     t_term = time.monotonic()
-    rc, ru = stop_and_reap(proc)
+    rc, ru, peak = stop_and_reap(proc, hwm=hwm)
     t_exit = time.monotonic()
     stats_at_exit = fq.stats()
     errf.close()
@@ -302,8 +309,9 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         "cpu_s_to_drain": round(cpu_drained, 4),
         "cpu_s_drain_window": round(cpu_drained - cpu_first, 4),
         "cpu_us_per_msg": round((cpu_drained - cpu_first) * 1e6 / n, 2),
-        "peak_rss_kb": ru.ru_maxrss if ru else hwm,
+        "peak_rss_kb": peak,
         "vm_hwm_kb_at_drain": hwm,
+        "ru_maxrss_kb_not_used": ru.ru_maxrss if ru else None,
         "sqs_requests": stats_at_exit["total"],
         "sqs_requests_at_drain": stats_at_drain["total"],
         "sqs_requests_per_1000": round(stats_at_exit["total"] * 1000 / n, 1),
@@ -417,7 +425,7 @@ def fmt_ratio(a, b):
 
 
 def table(summary, n, runs):
-    w, m, b = summary["queue-worker"], summary["sqs-consumer:message"], summary["sqs-consumer:batch"]
+    w, m, b = (summary.get(k, {}) for k in ("queue-worker", "sqs-consumer:message", "sqs-consumer:batch"))
     lines = [
         f"Zero-length jobs: N={n}, medians of {runs} run(s), one fauxqs instance",
         "",
@@ -452,6 +460,8 @@ def main():
     ap.add_argument("--slow-messages", type=int, default=2000)
     ap.add_argument("--slow-ms", type=int, default=200)
     ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--kinds", default="queue-worker,sqs-consumer:message,sqs-consumer:batch",
+                    help="consumers compared (comma list)")
     ap.add_argument("--skip", default="", help="comma list of: compare,slow,idle")
     ap.add_argument("--worker-bin", required=True)
     ap.add_argument("--agent-bin", required=True)
@@ -485,7 +495,7 @@ def main():
     }
     try:
         if "compare" not in skip:
-            kinds = ("queue-worker", "sqs-consumer:message", "sqs-consumer:batch")
+            kinds = args.kinds.split(",")
             rows = {k: [] for k in kinds}
             for r in range(1, args.runs + 1):
                 for k in kinds:  # interleaved, so drift on a shared machine hits all alike
