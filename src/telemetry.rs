@@ -22,7 +22,11 @@ pub fn init(format: LogFormat) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        // Colours only on a terminal: piped logs (CloudWatch, files, tests) stay plain text.
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     // Already installed (tests, library users): keep theirs.
     drop(result);
