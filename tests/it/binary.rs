@@ -69,15 +69,7 @@ async fn sigterm_mid_job_returns_the_message_at_once_and_exits_0() {
         took < Duration::from_secs(4),
         "shutdown timeout (2 s) + about a second, took {took:?}"
     );
-    let got = c
-        .receive_message()
-        .queue_url(&q)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("receive")
-        .messages
-        .unwrap_or_default();
+    let got = receive_now(&c, &q).await;
     assert_eq!(got.len(), 1, "receivable within 1 s of the exit");
 }
 
@@ -180,9 +172,7 @@ fn an_unreachable_queue_is_a_clear_error_not_a_hang() {
 async fn the_health_subcommand_asks_the_running_worker() {
     let c = client();
     let q = create_queue(&c, "health", &[]).await;
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    drop(l);
+    let addr = free_addr().to_string();
     let probe = || {
         worker(&["health"])
             .env("WORKER_METRICS_ADDR", &addr)

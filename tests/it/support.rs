@@ -318,3 +318,21 @@ pub fn start<H: Handler>(config: Config, protector: Protector, handler: H) -> Ru
 pub fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_queue-worker"))
 }
+
+/// One receive (1 s long poll) straight from the queue, as another consumer would.
+pub async fn receive_now(c: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    c.receive_message()
+        .queue_url(url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default()
+}
+
+/// A loopback address that was free a moment ago (for servers that take an address, not a listener).
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}

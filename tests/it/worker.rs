@@ -388,15 +388,7 @@ async fn shutdown_deadline_cancels_jobs_and_returns_their_messages_at_once() {
         stopped.elapsed()
     );
     assert_eq!(snap.jobs_cancelled, 1);
-    let got = c
-        .receive_message()
-        .queue_url(&q)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("receive")
-        .messages
-        .unwrap_or_default();
+    let got = receive_now(&c, &q).await;
     assert_eq!(got.len(), 1, "the unfinished message is receivable at once");
     assert_eq!(got[0].body.as_deref(), Some("60s"));
 }
@@ -480,11 +472,6 @@ async fn without_redrive_the_worker_dead_letters_after_max_receives_keeping_body
             .and_then(|a| a.string_value()),
         Some("2")
     );
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
