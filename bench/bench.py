@@ -15,7 +15,7 @@ Measurements, per consumer run (a fresh queue each time, preloaded before the co
 - SQS requests: fauxqs's own counters (/_fauxqs/stats, reset before the consumer starts, read
   after it exits), cross-checked with the worker's `sqs_requests` from its "worker stopped" line;
 - protection calls: the agent double's call log;
-- duplicates: queue-worker's JSON log ("message received" events, keyed by the job span's
+- duplicates: queue-worker's JSON log ("done" events, keyed by the job span's
   message_id); sqs-consumer's own count of message ids (printed at exit);
 - emulator CPU share: fauxqs's utime+stime delta over the drain window / the window's length.
 """
@@ -196,7 +196,7 @@ def parse_worker_log(path):
             except ValueError:
                 continue
             msg = ev.get("message", "")
-            if msg == "message received":
+            if msg == "done":
                 mid = (ev.get("span") or {}).get("message_id")
                 received[mid] = received.get(mid, 0) + 1
             elif msg == "worker stopped":

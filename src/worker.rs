@@ -235,6 +235,14 @@ async fn run_inner<H: Handler>(
         succeeded = snap.jobs_succeeded,
         failed = snap.jobs_failed,
         cancelled = snap.jobs_cancelled,
+        dead_lettered = snap.jobs_dead_lettered,
+        received = snap.messages_received,
+        deleted = snap.messages_deleted,
+        returned = snap.messages_returned,
+        receive_requests = snap.receive_requests,
+        empty_receives = snap.empty_receives,
+        delete_requests = snap.delete_requests,
+        visibility_requests = snap.visibility_requests,
         sqs_requests = snap.sqs_requests(),
         "worker stopped"
     );
@@ -259,15 +267,26 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-/// Takes up to `max` permits, waiting only for the first.
-async fn take_permits(sem: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+/// How long a receive waits for more free job slots while jobs run, so it can ask for a fuller
+/// batch (fewer receives per message) instead of one message at a time.
+const BATCH_FILL_LINGER: Duration = Duration::from_millis(15);
+
+/// Takes up to `max` permits: waits for the first, then, if `busy`, lingers briefly for more.
+async fn take_permits(sem: &Arc<Semaphore>, max: usize, busy: bool) -> Vec<OwnedSemaphorePermit> {
     let Ok(first) = sem.clone().acquire_owned().await else {
         return Vec::new();
     };
     let mut permits = vec![first];
+    let until = Instant::now() + BATCH_FILL_LINGER;
     while permits.len() < max {
         match sem.clone().try_acquire_owned() {
             Ok(p) => permits.push(p),
+            Err(_) if busy => {
+                match tokio::time::timeout_at(until, sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => permits.push(p),
+                    _ => break,
+                }
+            }
             Err(_) => break,
         }
     }
@@ -291,7 +310,9 @@ async fn poll_loop<H: Handler>(
     let health = &shared.health;
     loop {
         health.set(Phase::WaitingPermits);
-        let Some(permits) = or_cancel(&shutdown, take_permits(&sem, SQS_MAX_RECEIVE_BATCH)).await
+        let jobs_running = shared.running.load(Ordering::Acquire) > 0;
+        let batch_max = SQS_MAX_RECEIVE_BATCH.min(cfg.concurrency);
+        let Some(permits) = or_cancel(&shutdown, take_permits(&sem, batch_max, jobs_running)).await
         else {
             break;
         };
@@ -484,7 +505,9 @@ async fn run_group<H: Handler>(
 async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) -> bool {
     Stats::add(&shared.sqs.stats.jobs_started, 1);
     let started = Instant::now();
-    tracing::info!("message received");
+    // Debug only: one info line per job ("done"/"failed") is what operators read, and each line
+    // costs CPU at thousands of messages a second.
+    tracing::debug!("message received");
     let ending = match unwrap_sns(&msg.body) {
         Err(e) => Ending::Done(Outcome::permanent(e.to_string())),
         Ok((body, sns_attributes)) => {
