@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use queue_worker::agent_double::{AgentDouble, Reply, ReplyKind, TaskEndpoint};
 use queue_worker::config::ProtectMode;
-use queue_worker::handler::Outcome;
+use queue_worker::handler::{Handler, Outcome};
 use queue_worker::protection::{agent::AgentBackend, Protector, Timing};
 
 use crate::support::*;
@@ -658,4 +658,86 @@ async fn fifo_groups_run_in_order_and_in_parallel_even_across_a_retry() {
             .any(|y| x.0[..1] != y.0[..1] && x.2 < y.3 && y.2 < x.3)
     });
     assert!(overlapped, "different groups ran in parallel");
+}
+
+/// Calls fauxqs's SNS (Query protocol) and returns the XML answer.
+async fn sns(params: &[(&str, &str)]) -> String {
+    let mut form: Vec<(&str, &str)> = vec![("Version", "2010-03-31")];
+    form.extend_from_slice(params);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/", fauxqs().endpoint))
+        .form(&form)
+        .send()
+        .await
+        .expect("sns call");
+    assert!(
+        resp.status().is_success(),
+        "SNS {params:?}: {}",
+        resp.status()
+    );
+    resp.text().await.expect("sns body")
+}
+
+fn xml_field(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = xml
+        .find(&open)
+        .map(|i| i + open.len())
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"));
+    let end = xml[start..]
+        .find(&format!("</{tag}>"))
+        .expect("closing tag")
+        + start;
+    xml[start..end].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_notifications_from_a_real_topic_subscription_are_unwrapped() {
+    let c = client();
+    let q = create_queue(&c, "sns", &[]).await;
+    let topic = xml_field(
+        &sns(&[("Action", "CreateTopic"), ("Name", &unique("topic"))]).await,
+        "TopicArn",
+    );
+    let arn = queue_arn(&c, &q).await;
+    sns(&[
+        ("Action", "Subscribe"),
+        ("TopicArn", &topic),
+        ("Protocol", "sqs"),
+        ("Endpoint", &arn),
+    ])
+    .await;
+    sns(&[
+        ("Action", "Publish"),
+        ("TopicArn", &topic),
+        ("Message", r#"{"duration":"50ms"}"#),
+        ("MessageAttributes.entry.1.Name", "colour"),
+        ("MessageAttributes.entry.1.Value.DataType", "String"),
+        ("MessageAttributes.entry.1.Value.StringValue", "blue"),
+    ])
+    .await;
+    let seen: Arc<std::sync::Mutex<Vec<queue_worker::Job>>> = Arc::default();
+    let rec = seen.clone();
+    let handler = queue_worker::handler_fn(move |job: queue_worker::Job| {
+        rec.lock().expect("lock").push(job.clone());
+        queue_worker::handler::SimulatedJob.handle(job)
+    });
+    let w = start(fast_config(&q), Protector::disabled(), handler);
+    assert!(
+        wait_until(SECS(10), || async { w.snapshot().messages_deleted == 1 }).await,
+        "{:?}",
+        w.snapshot()
+    );
+    w.stop().await;
+    let jobs = seen.lock().expect("lock").clone();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].body, r#"{"duration":"50ms"}"#,
+        "the published message, not the envelope"
+    );
+    assert_eq!(
+        jobs[0].message_attributes.get("colour").map(String::as_str),
+        Some("blue"),
+        "SNS attributes reach the handler"
+    );
 }
