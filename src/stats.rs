@@ -57,3 +57,43 @@ impl Snapshot {
             + self.dead_letter_requests
     }
 }
+
+/// Upper bounds (seconds) of the job-duration histogram buckets.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+
+/// Job durations as a Prometheus-style cumulative histogram.
+#[derive(Debug, Default)]
+pub struct JobDurations {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl JobDurations {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (cumulative counts per bucket, total count, sum in seconds).
+    pub fn read(&self) -> (Vec<u64>, u64, f64) {
+        let mut acc = 0;
+        let cumulative = self.buckets.iter().map(|b| {
+            acc += b.load(Ordering::Relaxed);
+            acc
+        });
+        let cumulative = cumulative.collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}

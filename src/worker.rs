@@ -24,7 +24,7 @@ use crate::limits::SQS_MAX_RECEIVE_BATCH;
 use crate::observe::{Health, Phase};
 use crate::protection::{Protector, Status};
 use crate::sqs::{Deleter, PendingDelete, QueueInfo, Received, Sqs, SqsError, VisibilityKeeper};
-use crate::stats::{Snapshot, Stats};
+use crate::stats::{JobDurations, Snapshot, Stats, DURATION_BUCKETS};
 
 /// Extra protection cover asked for beyond a long poll, so messages never arrive unprotected.
 const COVER_MARGIN: Duration = Duration::from_secs(5);
@@ -58,6 +58,7 @@ struct Shared<H> {
     deadline: CancellationToken,
     running: Arc<AtomicUsize>,
     health: Arc<Health>,
+    durations: Arc<JobDurations>,
 }
 
 /// Runs the worker until `shutdown` fires and the drain completes. Returns the final counters.
@@ -74,15 +75,18 @@ pub async fn run<H: Handler>(
         config.health_grace,
     ));
     let running = Arc::new(AtomicUsize::new(0));
+    let durations = Arc::new(JobDurations::default());
     let observe_stop = CancellationToken::new();
     let observe = match config.metrics_addr {
         Some(addr) => {
-            let render = metrics_renderer(
-                sqs.stats.clone(),
-                running.clone(),
-                protector.subscribe(),
-                health.clone(),
-            );
+            let render = metrics_renderer(Live {
+                stats: sqs.stats.clone(),
+                running: running.clone(),
+                durations: durations.clone(),
+                protection: protector.subscribe(),
+                calls: protector.calls(),
+                health: health.clone(),
+            });
             let task = crate::observe::serve(addr, health.clone(), render, observe_stop.clone())
                 .await
                 .map_err(|source| WorkerError::Metrics { addr, source })?;
@@ -91,7 +95,15 @@ pub async fn run<H: Handler>(
         }
         None => None,
     };
-    let result = run_inner(config, sqs, protector, handler, shutdown, health, running).await;
+    let result = run_inner(
+        config,
+        sqs,
+        protector,
+        handler,
+        shutdown,
+        (health, running, durations),
+    )
+    .await;
     observe_stop.cancel();
     if let Some(task) = observe {
         if let Err(e) = task.await {
@@ -107,8 +119,7 @@ async fn run_inner<H: Handler>(
     protector: Protector,
     handler: Arc<H>,
     shutdown: CancellationToken,
-    health: Arc<Health>,
-    running: Arc<AtomicUsize>,
+    (health, running, durations): (Arc<Health>, Arc<AtomicUsize>, Arc<JobDurations>),
 ) -> Result<Snapshot, WorkerError> {
     let inspected = tokio::select! {
         r = sqs.inspect(&config.queue_url) => r,
@@ -161,6 +172,7 @@ async fn run_inner<H: Handler>(
         deadline: CancellationToken::new(),
         running,
         health,
+        durations,
     });
     let jobs = TaskTracker::new();
     let abandon_poll = CancellationToken::new();
@@ -560,6 +572,7 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) ->
         e => e,
     };
     shared.keeper.untrack(key);
+    shared.durations.observe(started.elapsed());
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let stats = &shared.sqs.stats;
     let queue_url = &shared.config.queue_url;
@@ -710,12 +723,25 @@ async fn dead_letter<H: Handler>(
 }
 
 /// Builds the `/metrics` text from the live counters (Prometheus text format).
-fn metrics_renderer(
+/// What `/metrics` reads.
+struct Live {
     stats: Arc<Stats>,
     running: Arc<AtomicUsize>,
+    durations: Arc<JobDurations>,
     protection: tokio::sync::watch::Receiver<Status>,
+    calls: Arc<crate::protection::CallCounts>,
     health: Arc<Health>,
-) -> crate::observe::Render {
+}
+
+fn metrics_renderer(live: Live) -> crate::observe::Render {
+    let Live {
+        stats,
+        running,
+        durations,
+        protection,
+        calls,
+        health,
+    } = live;
     Arc::new(move || {
         use std::fmt::Write;
         let s = stats.snapshot();
@@ -817,6 +843,30 @@ fn metrics_renderer(
             "Unix time of the last successful receive.",
             &[("", health.last_receive_unix_seconds())],
         );
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+        family(
+            "protection_calls_total",
+            "counter",
+            "Protection calls by outcome.",
+            &[
+                ("{outcome=\"ok\"}", load(&calls.ok)),
+                ("{outcome=\"transient_error\"}", load(&calls.transient)),
+                ("{outcome=\"permanent_error\"}", load(&calls.permanent)),
+            ],
+        );
+        let (cumulative, count, sum) = durations.read();
+        let _ = writeln!(out, "# HELP queue_worker_job_duration_seconds Job run time.\n# TYPE queue_worker_job_duration_seconds histogram");
+        for (bound, n) in DURATION_BUCKETS.iter().zip(&cumulative) {
+            let _ = writeln!(
+                out,
+                "queue_worker_job_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "queue_worker_job_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "queue_worker_job_duration_seconds_sum {sum}\nqueue_worker_job_duration_seconds_count {count}");
         out
     })
 }

@@ -120,6 +120,15 @@ pub struct Protector {
     want: watch::Sender<Want>,
     status: watch::Receiver<Status>,
     actor: Option<Actor>,
+    calls: Arc<CallCounts>,
+}
+
+/// Protection calls by outcome (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub transient: std::sync::atomic::AtomicU64,
+    pub permanent: std::sync::atomic::AtomicU64,
 }
 
 struct Actor {
@@ -138,6 +147,7 @@ impl Protector {
             want,
             status,
             actor: None,
+            calls: Arc::default(),
         }
     }
 
@@ -146,9 +156,11 @@ impl Protector {
         let (want, want_rx) = watch::channel(Want::Release);
         let (status_tx, status) = watch::channel(Status::Released);
         let stop = CancellationToken::new();
+        let calls: Arc<CallCounts> = Arc::default();
         let task = tokio::spawn(run_actor(
             backend.clone(),
             timing,
+            calls.clone(),
             want_rx,
             status_tx,
             stop.clone(),
@@ -162,11 +174,17 @@ impl Protector {
                 backend,
                 minutes: timing.minutes(),
             }),
+            calls,
         }
     }
 
     pub fn status(&self) -> Status {
         *self.status.borrow()
+    }
+
+    /// Protection calls made so far, by outcome.
+    pub fn calls(&self) -> Arc<CallCounts> {
+        self.calls.clone()
     }
 
     /// A receiver for status changes (metrics, tests).
@@ -241,6 +259,7 @@ impl Protector {
 async fn run_actor(
     backend: Arc<dyn ProtectionBackend>,
     timing: Timing,
+    calls: Arc<CallCounts>,
     mut want_rx: watch::Receiver<Want>,
     status_tx: watch::Sender<Status>,
     stop: CancellationToken,
@@ -304,6 +323,12 @@ async fn run_actor(
                 r = backend.set(enable, minutes) => r,
                 _ = stop.cancelled() => return held,
             };
+            let counter = match &result {
+                Ok(_) => &calls.ok,
+                Err(ProtectionError::Transient(_)) => &calls.transient,
+                Err(ProtectionError::Permanent { .. }) => &calls.permanent,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match (enable, result) {
                 (true, Ok(g)) if g.enabled => {
                     let was_held = held.is_some();

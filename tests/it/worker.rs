@@ -504,6 +504,9 @@ async fn metrics_count_what_happened_and_health_is_ok_while_polling() {
         "queue_worker_jobs_total{outcome=\"failed\"} 1",
         "queue_worker_messages_total{event=\"deleted\"} 2",
         "queue_worker_protection_held 0",
+        "queue_worker_job_duration_seconds_count 3",
+        "queue_worker_job_duration_seconds_bucket{le=\"+Inf\"} 3",
+        "queue_worker_protection_calls_total{outcome=\"ok\"} 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),
