@@ -270,6 +270,50 @@ impl Sqs {
         }
     }
 
+    /// Copies a message (body and attributes, plus `why` as extra string attributes while SQS's
+    /// limit of 10 leaves room) to a dead-letter queue.
+    pub async fn send_dead_letter(
+        &self,
+        dlq_url: &str,
+        msg: &Received,
+        why: &[(&str, String)],
+    ) -> Result<(), SqsError> {
+        Stats::add(&self.stats.dead_letter_requests, 1);
+        let mut attrs = msg.raw_message_attributes.clone();
+        for (k, v) in why {
+            if attrs.len() >= 10 {
+                break;
+            }
+            if let Ok(a) = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+            {
+                attrs.insert((*k).to_string(), a);
+            }
+        }
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(dlq_url)
+            .message_body(&msg.body)
+            .set_message_attributes(Some(attrs));
+        if dlq_url.ends_with(".fifo") {
+            let group = msg
+                .attributes
+                .get("MessageGroupId")
+                .cloned()
+                .unwrap_or_else(|| "dead-letter".into());
+            req = req
+                .message_group_id(group)
+                .message_deduplication_id(&msg.message_id);
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| SqsError::from_sdk("SendMessage", e))
+    }
+
     /// Deletes up to 10 messages; returns the failed entries (index, code, sender_fault).
     async fn delete_batch(
         &self,

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::MessageAttributeValue;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -677,49 +676,13 @@ async fn dead_letter<H: Handler>(
     reason: &str,
     dlq_url: &str,
 ) -> Result<(), SqsError> {
-    Stats::add(&shared.sqs.stats.dead_letter_requests, 1);
-    let mut attrs = msg.raw_message_attributes.clone();
-    // SQS allows 10 message attributes; keep the user's first and add ours while there is room.
-    let mut add = |k: &str, v: String| {
-        if attrs.len() < 10 {
-            if let Ok(a) = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-            {
-                attrs.insert(k.to_string(), a);
-            }
-        }
-    };
-    add("DeadLetterReason", reason.chars().take(1000).collect());
-    add("DeadLetterSourceQueue", shared.config.queue_url.clone());
-    add("DeadLetterReceiveCount", msg.receive_count.to_string());
-    add("DeadLetterOriginalMessageId", msg.message_id.clone());
-    let mut req = shared
-        .sqs
-        .client
-        .send_message()
-        .queue_url(dlq_url)
-        .message_body(&msg.body)
-        .set_message_attributes(Some(attrs));
-    if dlq_url.ends_with(".fifo") {
-        let group = msg
-            .attributes
-            .get("MessageGroupId")
-            .cloned()
-            .unwrap_or_else(|| "dead-letter".into());
-        req = req
-            .message_group_id(group)
-            .message_deduplication_id(&msg.message_id);
-    }
-    req.send().await.map(|_| ()).map_err(|e| {
-        use aws_sdk_sqs::error::ProvideErrorMetadata;
-        SqsError {
-            op: "SendMessage",
-            code: e.code().unwrap_or("no-code").to_string(),
-            detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-        }
-    })
+    let why = [
+        ("DeadLetterReason", reason.chars().take(1000).collect()),
+        ("DeadLetterSourceQueue", shared.config.queue_url.clone()),
+        ("DeadLetterReceiveCount", msg.receive_count.to_string()),
+        ("DeadLetterOriginalMessageId", msg.message_id.clone()),
+    ];
+    shared.sqs.send_dead_letter(dlq_url, msg, &why).await
 }
 
 /// Builds the `/metrics` text from the live counters (Prometheus text format).
