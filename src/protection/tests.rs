@@ -53,6 +53,15 @@ fn start(fake: &Arc<Fake>) -> Protector {
     )
 }
 
+/// Asks for protection now and waits until it is held.
+async fn acquire(p: &Protector) {
+    p.hold_until(Instant::now());
+    p.wait_for(&CancellationToken::new(), |s| {
+        matches!(s, Status::Held { .. })
+    })
+    .await;
+}
+
 async fn settle() {
     // Lets the actor run to its next sleep; with a paused clock nothing else moves.
     for _ in 0..20 {
@@ -90,11 +99,7 @@ async fn acquires_then_refreshes_at_80_percent_while_wanted() {
 async fn release_waits_for_the_minimum_hold() {
     let fake = Arc::new(Fake::default());
     let p = start(&fake);
-    p.hold_until(Instant::now());
-    p.wait_for(&CancellationToken::new(), |s| {
-        matches!(s, Status::Held { .. })
-    })
-    .await;
+    acquire(&p).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     p.release();
     p.wait_for(&CancellationToken::new(), |s| *s == Status::Released)
@@ -131,11 +136,7 @@ async fn work_returning_within_the_minimum_hold_costs_no_calls() {
 async fn refreshes_early_when_the_loop_needs_longer_cover() {
     let fake = Arc::new(Fake::default());
     let p = Protector::start(fake.clone(), Timing::new(MIN, Duration::ZERO));
-    p.hold_until(Instant::now());
-    p.wait_for(&CancellationToken::new(), |s| {
-        matches!(s, Status::Held { .. })
-    })
-    .await;
+    acquire(&p).await;
     tokio::time::sleep(Duration::from_secs(40)).await;
     // 20 s left on the grant, but the loop is about to long-poll for 25 s.
     let until = Instant::now() + Duration::from_secs(25);
@@ -182,11 +183,7 @@ async fn transient_errors_back_off_and_never_report_held() {
 async fn held_protection_stays_usable_while_refresh_fails_until_it_expires() {
     let fake = Arc::new(Fake::default());
     let p = start(&fake);
-    p.hold_until(Instant::now());
-    p.wait_for(&CancellationToken::new(), |s| {
-        matches!(s, Status::Held { .. })
-    })
-    .await;
+    acquire(&p).await;
     fake.script(std::iter::repeat_with(transient).take(1000));
     tokio::time::sleep(4 * MIN + Duration::from_secs(30)).await;
     assert!(
