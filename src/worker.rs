@@ -335,7 +335,7 @@ async fn poll_loop<H: Handler>(
             let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
             protector.hold_until(until);
             health.set(Phase::WaitingProtection);
-            if !protector.covers(&shutdown, until).await {
+            if !protector.wait_covered(&shutdown, until).await {
                 break;
             }
         }
@@ -405,7 +405,7 @@ async fn poll_loop<H: Handler>(
             protector.hold_until(until);
             let wait = tokio::time::timeout(
                 cfg.visibility_timeout / 2,
-                protector.covers(&shutdown, until),
+                protector.wait_covered(&shutdown, until),
             );
             match wait.await {
                 Ok(true) => {}
@@ -444,17 +444,6 @@ async fn poll_loop<H: Handler>(
         }
     }
     tracing::debug!("poll loop stopped");
-}
-
-impl Protector {
-    /// Waits until protection covers `until` (or is off/unavailable); false if `cancel` fired.
-    async fn covers(&self, cancel: &CancellationToken, until: Instant) -> bool {
-        if self.status().covers(until) {
-            return true;
-        }
-        tracing::debug!("waiting for protection before receiving");
-        self.wait_for(cancel, |s| s.covers(until)).await
-    }
 }
 
 /// What happened to a job, for the finishing step.

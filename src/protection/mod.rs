@@ -230,6 +230,15 @@ impl Protector {
         }
     }
 
+    /// Waits until protection covers `until` (or is off/unavailable); false if `cancel` fired.
+    pub async fn wait_covered(&self, cancel: &CancellationToken, until: Instant) -> bool {
+        if self.status().covers(until) {
+            return true;
+        }
+        tracing::debug!("waiting for protection before receiving");
+        self.wait_for(cancel, |s| s.covers(until)).await
+    }
+
     /// Stops the actor and releases protection if held, giving up at `deadline`.
     pub async fn shutdown(self, deadline: Instant) {
         let Some(actor) = self.actor else { return };
