@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod ecs_cmd;
 pub mod exec;
+pub mod fault_proxy;
 pub mod forward;
 pub mod handler;
 pub mod limits;

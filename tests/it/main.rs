@@ -2,8 +2,11 @@
 //! They need fauxqs and moto: `scripts/setup.sh` installs both (`scripts/test.sh` runs it first).
 
 mod binary;
+mod drills_process;
+mod drills_sqs;
 mod ecs;
 mod handlers;
 mod local_ecs;
+mod soak;
 mod support;
 mod worker;

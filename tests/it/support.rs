@@ -336,3 +336,13 @@ pub fn free_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
+
+/// Every drill ends by reporting its counts: printed (shown with `--nocapture`) and written to
+/// `target/drill-reports/<name>.json`, which `scripts/test.sh` prints as a table at the end.
+pub fn report_drill(name: &str, counts: &serde_json::Value) {
+    let dir = repo_root().join("target/drill-reports");
+    let _ = std::fs::create_dir_all(&dir);
+    let line = serde_json::json!({ "drill": name, "counts": counts });
+    println!("DRILL {line}");
+    let _ = std::fs::write(dir.join(format!("{name}.json")), line.to_string());
+}

@@ -1,0 +1,1 @@
+//! Drills: SQS faults (through the fault-injecting proxy) and agent faults.

@@ -1,0 +1,1 @@
+//! The soak: many messages, failing jobs and restarts, checked by exact accounting.
