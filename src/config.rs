@@ -74,6 +74,8 @@ pub struct DeadLetterConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub queue_url: String,
+    /// More queues consumed beside `queue_url`, sharing its concurrency budget and protection.
+    pub extra_queue_urls: Vec<String>,
     pub concurrency: usize,
     pub wait_time: Duration,
     pub visibility_timeout: Duration,
@@ -97,6 +99,7 @@ impl Config {
     pub fn new(queue_url: impl Into<String>) -> Self {
         Self {
             queue_url: queue_url.into(),
+            extra_queue_urls: Vec::new(),
             concurrency: 10,
             wait_time: Duration::from_secs(20),
             visibility_timeout: Duration::from_secs(60),
@@ -110,18 +113,35 @@ impl Config {
             health_grace: Duration::from_secs(30),
         }
     }
+
+    /// Every queue consumed: `queue_url` first, then `extra_queue_urls`, without repeats.
+    pub fn queue_urls(&self) -> Vec<String> {
+        let mut urls = vec![self.queue_url.clone()];
+        for u in &self.extra_queue_urls {
+            if !urls.contains(u) {
+                urls.push(u.clone());
+            }
+        }
+        urls
+    }
 }
 
 /// Flags of `queue-worker run`. Every flag can also come from the env var named beside it.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// URL of the SQS queue to consume. Falls back to COPILOT_QUEUE_URI.
-    #[arg(long, env = "QUEUE_URL")]
-    pub queue_url: Option<String>,
+    /// URL of an SQS queue to consume; repeat the flag (or separate with commas) for several
+    /// queues sharing one concurrency budget. Falls back to COPILOT_QUEUE_URI.
+    #[arg(long, env = "QUEUE_URL", value_delimiter = ',')]
+    pub queue_url: Vec<String>,
 
     /// Set by Copilot for Worker Services; used when --queue-url is absent.
     #[arg(long, env = "COPILOT_QUEUE_URI", hide = true)]
     pub copilot_queue_uri: Option<String>,
+
+    /// Set by Copilot when topics have their own queues: a JSON object of name to queue URL.
+    /// Every queue in it is consumed too.
+    #[arg(long, env = "COPILOT_TOPIC_QUEUE_URIS", hide = true)]
+    pub copilot_topic_queue_uris: Option<String>,
 
     /// Most jobs running at once.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value = "10")]
@@ -382,14 +402,30 @@ impl RunArgs {
 
     /// Validates every setting; the first problem found is returned.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let queue_raw = self
-            .queue_url
+        let mut queue_urls = Vec::new();
+        for raw in self.queue_url.iter().filter(|s| !s.trim().is_empty()) {
+            queue_urls.push(check_url(raw, "--queue-url", "QUEUE_URL")?);
+        }
+        if queue_urls.is_empty() {
+            if let Some(raw) = self.copilot_queue_uri.filter(|s| !s.trim().is_empty()) {
+                queue_urls.push(check_url(&raw, "--queue-url", "COPILOT_QUEUE_URI")?);
+            }
+        }
+        if let Some(raw) = self
+            .copilot_topic_queue_uris
             .filter(|s| !s.trim().is_empty())
-            .or(self.copilot_queue_uri.filter(|s| !s.trim().is_empty()))
-            .ok_or_else(|| {
-                err("--queue-url", "QUEUE_URL", "missing: give the queue URL (or run under Copilot, which sets COPILOT_QUEUE_URI)")
-            })?;
-        let queue_url = check_url(&queue_raw, "--queue-url", "QUEUE_URL")?;
+        {
+            queue_urls.extend(topic_queues(&raw)?);
+        }
+        if queue_urls.is_empty() {
+            return Err(err(
+                "--queue-url",
+                "QUEUE_URL",
+                "missing: give the queue URL (or run under Copilot, which sets COPILOT_QUEUE_URI)",
+            ));
+        }
+        let queue_url = queue_urls.remove(0);
+        let extra_queue_urls = queue_urls;
 
         let concurrency = parse_count(
             &self.concurrency,
@@ -568,6 +604,7 @@ impl RunArgs {
 
         Ok(Config {
             queue_url,
+            extra_queue_urls,
             metrics_addr,
             job_timeout,
             health_grace,
@@ -589,6 +626,21 @@ impl RunArgs {
     }
 }
 
+/// The queue URLs of `COPILOT_TOPIC_QUEUE_URIS` (a JSON object of name to URL), by name.
+fn topic_queues(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let flag = "--copilot-topic-queue-uris";
+    let env = "COPILOT_TOPIC_QUEUE_URIS";
+    let map: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(raw).map_err(|e| {
+            err(
+                flag,
+                env,
+                format!("not a JSON object of name to queue URL: {e}"),
+            )
+        })?;
+    map.values().map(|u| check_url(u, flag, env)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,6 +656,9 @@ mod tests {
     /// value it depends on explicitly.
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut v = vec!["t", "--ecs-agent-uri", "", "--copilot-queue-uri", ""];
+        if !args.contains(&"--copilot-topic-queue-uris") {
+            v.extend(["--copilot-topic-queue-uris", ""]);
+        }
         v.extend_from_slice(args);
         T::try_parse_from(v)
             .expect("clap structure")
@@ -632,6 +687,37 @@ mod tests {
             c.protection.backend,
             ProtectionBackendKind::Off { .. }
         ));
+    }
+
+    #[test]
+    fn many_queues_from_repeated_flags_commas_and_copilot_topics() {
+        let c = parse(&[
+            "--queue-url",
+            "http://h/a",
+            "--queue-url",
+            "http://h/b,http://h/a",
+            "--copilot-topic-queue-uris",
+            r#"{"orders":"http://h/orders","events":"http://h/events"}"#,
+        ])
+        .expect("valid");
+        assert_eq!(c.queue_url, "http://h/a");
+        assert_eq!(
+            c.queue_urls(),
+            [
+                "http://h/a",
+                "http://h/b",
+                "http://h/events",
+                "http://h/orders"
+            ]
+        );
+        let e = parse(&[
+            "--queue-url",
+            "http://h/a",
+            "--copilot-topic-queue-uris",
+            "[1]",
+        ])
+        .expect_err("not an object");
+        assert!(e.to_string().contains("COPILOT_TOPIC_QUEUE_URIS"), "{e}");
     }
 
     #[test]

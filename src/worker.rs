@@ -21,6 +21,7 @@ use crate::config::{Config, ProtectMode};
 use crate::handler::{unwrap_sns, Handler, Job, Outcome};
 use crate::limits::SQS_MAX_RECEIVE_BATCH;
 use crate::observe::{Health, Phase};
+use crate::protection::demand::Demand;
 use crate::protection::{Protector, Status};
 use crate::sqs::{Deleter, PendingDelete, QueueInfo, Received, Sqs, SqsError, VisibilityKeeper};
 use crate::stats::{JobDurations, Snapshot, Stats, DURATION_BUCKETS};
@@ -45,19 +46,24 @@ pub enum WorkerError {
     },
 }
 
-/// Everything a job task needs, shared.
+/// Everything a job task needs, shared by every queue.
 struct Shared<H> {
     config: Config,
-    queue: QueueInfo,
     sqs: Sqs,
     handler: Arc<H>,
-    keeper: VisibilityKeeper,
-    deletes: mpsc::UnboundedSender<PendingDelete>,
     /// Fires at the shutdown deadline: running jobs are cancelled.
     deadline: CancellationToken,
     running: Arc<AtomicUsize>,
     health: Arc<Health>,
     durations: Arc<JobDurations>,
+}
+
+/// One consumed queue and its helpers.
+struct Queue {
+    url: String,
+    info: QueueInfo,
+    keeper: VisibilityKeeper,
+    deletes: mpsc::UnboundedSender<PendingDelete>,
 }
 
 /// Runs the worker until `shutdown` fires and the drain completes. Returns the final counters.
@@ -120,54 +126,67 @@ async fn run_inner<H: Handler>(
     shutdown: CancellationToken,
     (health, running, durations): (Arc<Health>, Arc<AtomicUsize>, Arc<JobDurations>),
 ) -> Result<Snapshot, WorkerError> {
-    let inspected = tokio::select! {
-        r = sqs.inspect(&config.queue_url) => r,
-        // A queue endpoint that never answers must not make the worker deaf to SIGTERM.
-        _ = shutdown.cancelled() => return Ok(sqs.stats.snapshot()),
-    };
-    let queue = match inspected {
-        Ok(q) => q,
-        Err(e) if e.is_permanent() || e.code == "no-code" => {
-            return Err(WorkerError::Queue {
-                queue_url: config.queue_url.clone(),
-                source: e,
-            })
-        }
-        Err(e) => {
-            // A missing sqs:GetQueueAttributes must not stop the worker; assume a redrive exists.
-            tracing::warn!(error = %e, "could not read the queue's attributes; assuming it has a redrive policy");
-            QueueInfo {
-                has_redrive: true,
-                fifo: config.queue_url.ends_with(".fifo"),
+    let urls = config.queue_urls();
+    let mut infos = Vec::with_capacity(urls.len());
+    for url in &urls {
+        let inspected = tokio::select! {
+            r = sqs.inspect(url) => r,
+            // A queue endpoint that never answers must not make the worker deaf to SIGTERM.
+            _ = shutdown.cancelled() => return Ok(sqs.stats.snapshot()),
+        };
+        let info = match inspected {
+            Ok(q) => q,
+            Err(e) if e.is_permanent() || e.code == "no-code" => {
+                return Err(WorkerError::Queue {
+                    queue_url: url.clone(),
+                    source: e,
+                })
             }
-        }
-    };
+            Err(e) => {
+                // A missing sqs:GetQueueAttributes must not stop the worker; assume a redrive exists.
+                tracing::warn!(queue_url = %url, error = %e, "could not read the queue's attributes; assuming it has a redrive policy");
+                QueueInfo {
+                    has_redrive: true,
+                    fifo: url.ends_with(".fifo"),
+                }
+            }
+        };
+        tracing::info!(queue_url = %url, redrive = info.has_redrive, fifo = info.fifo, "consuming queue");
+        infos.push(info);
+    }
     tracing::info!(
-        queue_url = %config.queue_url,
+        queues = urls.len(),
         concurrency = config.concurrency,
         protection = if protector.is_enabled() { "on" } else { "off" },
-        redrive = queue.has_redrive,
         "worker started"
     );
 
     let stats = sqs.stats.clone();
-    let deleter = Deleter::start(sqs.clone(), config.queue_url.clone(), config.delete_linger);
-    let keeper = VisibilityKeeper::new(config.visibility_timeout);
     let keeper_stop = CancellationToken::new();
     let helpers = TaskTracker::new();
-    helpers.spawn(
-        keeper
-            .clone()
-            .run(sqs.clone(), config.queue_url.clone(), keeper_stop.clone()),
-    );
+    let mut deleters = Vec::with_capacity(urls.len());
+    let mut queues = Vec::with_capacity(urls.len());
+    for (url, info) in urls.into_iter().zip(infos) {
+        let deleter = Deleter::start(sqs.clone(), url.clone(), config.delete_linger);
+        let keeper = VisibilityKeeper::new(config.visibility_timeout);
+        helpers.spawn(
+            keeper
+                .clone()
+                .run(sqs.clone(), url.clone(), keeper_stop.clone()),
+        );
+        queues.push(Arc::new(Queue {
+            url,
+            info,
+            keeper,
+            deletes: deleter.sender(),
+        }));
+        deleters.push(deleter);
+    }
 
     let shared = Arc::new(Shared {
         config: config.clone(),
-        queue,
         sqs,
         handler,
-        keeper,
-        deletes: deleter.sender(),
         deadline: CancellationToken::new(),
         running,
         health,
@@ -176,15 +195,34 @@ async fn run_inner<H: Handler>(
     let jobs = TaskTracker::new();
     let abandon_poll = CancellationToken::new();
     let protector = Arc::new(protector);
-    let control = TaskTracker::new();
-    control.spawn(poll_loop(
-        shared.clone(),
+    let demand = Arc::new(Demand::new(
         protector.clone(),
-        jobs.clone(),
-        shutdown.clone(),
-        abandon_poll.clone(),
+        queues.len(),
+        shared.running.clone(),
     ));
+    // One budget for all queues: the semaphore hands out permits first come, first served.
+    let sem = Arc::new(Semaphore::new(config.concurrency));
+    let control = TaskTracker::new();
+    let pollers = queues.len();
+    let active = Arc::new(AtomicUsize::new(pollers));
+    for (slot, queue) in queues.into_iter().enumerate() {
+        control.spawn(poll_loop(
+            shared.clone(),
+            Poller {
+                queue,
+                slot,
+                pollers,
+                demand: demand.clone(),
+                sem: sem.clone(),
+                active: active.clone(),
+            },
+            jobs.clone(),
+            shutdown.clone(),
+            abandon_poll.clone(),
+        ));
+    }
     control.close();
+    drop(demand);
 
     shutdown.cancelled().await;
     shared.health.set(Phase::Stopping);
@@ -221,7 +259,7 @@ async fn run_inner<H: Handler>(
     // Jobs reach the deleter through `shared`; once they are gone, dropping ours lets it finish.
     drop(shared);
     let flush = async {
-        deleter.flush().await;
+        futures_util::future::join_all(deleters.into_iter().map(Deleter::flush)).await;
         helpers.wait().await;
     };
     if tokio::time::timeout_at(cleanup_by.max(Instant::now() + CLEANUP_GRACE), flush)
@@ -304,25 +342,59 @@ async fn take_permits(sem: &Arc<Semaphore>, max: usize, busy: bool) -> Vec<Owned
     permits
 }
 
+/// One queue's poller and what it shares with the others.
+struct Poller {
+    queue: Arc<Queue>,
+    /// This poller's place in `demand`.
+    slot: usize,
+    pollers: usize,
+    demand: Arc<Demand>,
+    sem: Arc<Semaphore>,
+    /// Pollers whose queue had messages at their last receive.
+    active: Arc<AtomicUsize>,
+}
+
 async fn poll_loop<H: Handler>(
     shared: Arc<Shared<H>>,
-    protector: Arc<Protector>,
+    poller: Poller,
     jobs: TaskTracker,
     shutdown: CancellationToken,
     abandon_poll: CancellationToken,
 ) {
+    let Poller {
+        queue,
+        slot,
+        pollers,
+        demand,
+        sem,
+        active,
+    } = poller;
     let cfg = &shared.config;
-    let sem = Arc::new(Semaphore::new(cfg.concurrency));
+    let protector = demand.protector();
+    let url = queue.url.as_str();
     let mode = cfg.protection.mode;
     let receive_backoff =
         crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
     let mut receive_failures = 0u32;
+    // With several queues, a poller whose queue was empty asks for one message at a time, so a
+    // quiet queue's long poll ties up one job slot instead of ten.
+    let mut quiet = false;
 
     let health = &shared.health;
     loop {
         health.set(Phase::WaitingPermits);
         let jobs_running = shared.running.load(Ordering::Acquire) > 0;
-        let batch_max = SQS_MAX_RECEIVE_BATCH.min(cfg.concurrency);
+        let batch_max = if pollers == 1 {
+            SQS_MAX_RECEIVE_BATCH.min(cfg.concurrency)
+        } else if quiet {
+            1
+        } else {
+            // Fair share: busy queues split the budget; the semaphore serves them in turn.
+            let busy_queues = active.load(Ordering::Relaxed).max(1);
+            SQS_MAX_RECEIVE_BATCH
+                .min(cfg.concurrency.div_ceil(busy_queues))
+                .max(1)
+        };
         let Some(permits) = or_cancel(&shutdown, take_permits(&sem, batch_max, jobs_running)).await
         else {
             break;
@@ -332,8 +404,11 @@ async fn poll_loop<H: Handler>(
         }
         let busy = shared.running.load(Ordering::Acquire) > 0;
         if protector.is_enabled() && (mode == ProtectMode::BeforeReceive || busy) {
+            if mode == ProtectMode::BeforeReceive && !demand.wait_not_idle(slot, &shutdown).await {
+                break;
+            }
             let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
-            protector.hold_until(until);
+            demand.hold(slot, until);
             health.set(Phase::WaitingProtection);
             if !protector.wait_covered(&shutdown, until).await {
                 break;
@@ -342,7 +417,7 @@ async fn poll_loop<H: Handler>(
 
         health.set(Phase::Receiving);
         let received = tokio::select! {
-            r = shared.sqs.receive(&cfg.queue_url, permits.len(), cfg.wait_time, cfg.visibility_timeout) => r,
+            r = shared.sqs.receive(url, permits.len(), cfg.wait_time, cfg.visibility_timeout) => r,
             _ = abandon_poll.cancelled() => break,
         };
         let messages = match received {
@@ -359,7 +434,7 @@ async fn poll_loop<H: Handler>(
                 } else {
                     ""
                 };
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "receive failed; retrying{hint}");
+                tracing::warn!(queue_url = url, error = %e, retry_in_ms = d.as_millis() as u64, "receive failed; retrying{hint}");
                 drop(permits);
                 if or_cancel(&shutdown, tokio::time::sleep(d)).await.is_none() {
                     break;
@@ -370,31 +445,37 @@ async fn poll_loop<H: Handler>(
         if shutdown.is_cancelled() {
             if !messages.is_empty() {
                 tracing::info!(
+                    queue_url = url,
                     count = messages.len(),
                     "shutting down: returning messages received during the last poll"
                 );
-                shared.sqs.return_now(&cfg.queue_url, &messages).await;
+                shared.sqs.return_now(url, &messages).await;
             }
             break;
+        }
+        if quiet != messages.is_empty() {
+            quiet = messages.is_empty();
+            if quiet {
+                active.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                active.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if messages.is_empty() {
             drop(permits);
             if shared.running.load(Ordering::Acquire) == 0 && protector.is_enabled() {
-                protector.release();
                 if mode == ProtectMode::BeforeReceive {
                     health.set(Phase::Idle);
-                    // Idle: let the release happen, then stay unprotected for the idle window so
-                    // that ECS can stop this task.
-                    let released = |s: &Status| !matches!(s, Status::Held { .. });
-                    if !protector.wait_for(&shutdown, released).await {
-                        break;
-                    }
-                    if or_cancel(&shutdown, tokio::time::sleep(cfg.protection.idle_window))
+                    // Idle: release (together with the other pollers), then stay unprotected
+                    // for the idle window so that ECS can stop this task.
+                    if !demand
+                        .idle(slot, cfg.protection.idle_window, &shutdown)
                         .await
-                        .is_none()
                     {
                         break;
                     }
+                } else {
+                    demand.release(slot);
                 }
             }
             continue;
@@ -402,7 +483,7 @@ async fn poll_loop<H: Handler>(
 
         if mode == ProtectMode::OnReceipt && protector.is_enabled() {
             let until = Instant::now() + COVER_MARGIN;
-            protector.hold_until(until);
+            demand.hold(slot, until);
             let wait = tokio::time::timeout(
                 cfg.visibility_timeout / 2,
                 protector.wait_covered(&shutdown, until),
@@ -410,12 +491,12 @@ async fn poll_loop<H: Handler>(
             match wait.await {
                 Ok(true) => {}
                 Ok(false) => {
-                    shared.sqs.return_now(&cfg.queue_url, &messages).await;
+                    shared.sqs.return_now(url, &messages).await;
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(count = messages.len(), "protection could not be taken for received messages; returning them to the queue");
-                    shared.sqs.return_now(&cfg.queue_url, &messages).await;
+                    tracing::warn!(queue_url = url, count = messages.len(), "protection could not be taken for received messages; returning them to the queue");
+                    shared.sqs.return_now(url, &messages).await;
                     continue;
                 }
             }
@@ -424,26 +505,30 @@ async fn poll_loop<H: Handler>(
         let batch: Vec<(Received, OwnedSemaphorePermit)> =
             messages.into_iter().zip(permits).collect();
         shared.running.fetch_add(batch.len(), Ordering::AcqRel);
-        if shared.queue.fifo {
+        demand.busy();
+        if queue.info.fifo {
             // One task per message group: a group's messages run one after another, in order;
             // different groups run in parallel.
             for group in fifo_groups(batch) {
-                let keys = group.iter().map(|(m, _)| shared.keeper.track(m)).collect();
-                jobs.spawn(run_group(shared.clone(), group, keys));
+                let keys = group.iter().map(|(m, _)| queue.keeper.track(m)).collect();
+                jobs.spawn(run_group(shared.clone(), queue.clone(), group, keys));
             }
         } else {
             for (msg, permit) in batch {
-                let key = shared.keeper.track(&msg);
+                let key = queue.keeper.track(&msg);
                 let span = tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count);
                 let shared = shared.clone();
+                let queue = queue.clone();
                 jobs.spawn(async move {
-                    run_job(shared, msg, key).instrument(span).await;
+                    run_job(shared, &queue, msg, key).instrument(span).await;
                     drop(permit)
                 });
             }
         }
     }
-    tracing::debug!("poll loop stopped");
+    // A stopped poller must not keep the task protected.
+    demand.release(slot);
+    tracing::debug!(queue_url = url, "poll loop stopped");
 }
 
 /// What happened to a job, for the finishing step.
@@ -473,13 +558,16 @@ fn fifo_groups<T>(batch: Vec<(Received, T)>) -> Vec<Vec<(Received, T)>> {
 /// 0), so SQS hands them out again only after the failed one: the order holds.
 async fn run_group<H: Handler>(
     shared: Arc<Shared<H>>,
+    queue: Arc<Queue>,
     group: Vec<(Received, OwnedSemaphorePermit)>,
     keys: Vec<u64>,
 ) {
     let mut rest = group.into_iter().zip(keys);
     while let Some(((msg, permit), key)) = rest.next() {
         let span = tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count);
-        let ok = run_job(shared.clone(), msg, key).instrument(span).await;
+        let ok = run_job(shared.clone(), &queue, msg, key)
+            .instrument(span)
+            .await;
         drop(permit);
         if !ok {
             let left: Vec<((Received, OwnedSemaphorePermit), u64)> = rest.collect();
@@ -489,10 +577,10 @@ async fn run_group<H: Handler>(
                     "returning the rest of the message group so its order holds"
                 );
                 for (_, key) in &left {
-                    shared.keeper.untrack(*key);
+                    queue.keeper.untrack(*key);
                 }
                 let msgs: Vec<Received> = left.iter().map(|((m, _), _)| m.clone()).collect();
-                shared.sqs.return_now(&shared.config.queue_url, &msgs).await;
+                shared.sqs.return_now(&queue.url, &msgs).await;
                 shared.running.fetch_sub(left.len(), Ordering::AcqRel);
             }
             return;
@@ -502,7 +590,12 @@ async fn run_group<H: Handler>(
 
 /// Runs one job (its message already tracked under `key`) and settles its message: delete,
 /// retry later, dead-letter, or return. True when the job succeeded.
-async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) -> bool {
+async fn run_job<H: Handler>(
+    shared: Arc<Shared<H>>,
+    queue: &Queue,
+    msg: Received,
+    key: u64,
+) -> bool {
     Stats::add(&shared.sqs.stats.jobs_started, 1);
     let started = Instant::now();
     // Debug only: one info line per job ("done"/"failed") is what operators read, and each line
@@ -559,11 +652,11 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) ->
         Ending::Done(Outcome::Retry { .. }) if shared.deadline.is_cancelled() => Ending::Cancelled,
         e => e,
     };
-    shared.keeper.untrack(key);
+    queue.keeper.untrack(key);
     shared.durations.observe(started.elapsed());
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let stats = &shared.sqs.stats;
-    let queue_url = &shared.config.queue_url;
+    let queue_url = &queue.url;
     let succeeded = matches!(ending, Ending::Done(Outcome::Success));
     match ending {
         Ending::Done(Outcome::Success) => {
@@ -573,17 +666,17 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) ->
                 message_id: msg.message_id.clone(),
                 receipt_handle: msg.receipt_handle.clone(),
             };
-            if shared.deletes.send(p).is_err() {
+            if queue.deletes.send(p).is_err() {
                 tracing::error!("deleter already stopped; the message will be delivered again");
             }
         }
         Ending::Done(Outcome::Retry { reason, delay }) => {
             Stats::add(&stats.jobs_failed, 1);
-            settle_failure(&shared, &msg, &reason, delay, false, elapsed_ms).await;
+            settle_failure(&shared, queue, &msg, &reason, delay, false, elapsed_ms).await;
         }
         Ending::Done(Outcome::Permanent { reason }) => {
             Stats::add(&stats.jobs_failed, 1);
-            settle_failure(&shared, &msg, &reason, None, true, elapsed_ms).await;
+            settle_failure(&shared, queue, &msg, &reason, None, true, elapsed_ms).await;
         }
         Ending::Cancelled => {
             Stats::add(&stats.jobs_cancelled, 1);
@@ -605,6 +698,7 @@ async fn run_job<H: Handler>(shared: Arc<Shared<H>>, msg: Received, key: u64) ->
 /// after a backoff so the queue's redrive policy can count it.
 async fn settle_failure<H: Handler>(
     shared: &Shared<H>,
+    queue: &Queue,
     msg: &Received,
     reason: &str,
     delay: Option<Duration>,
@@ -614,8 +708,8 @@ async fn settle_failure<H: Handler>(
     let cfg = &shared.config;
     if let Some(dlq) = &cfg.dead_letter {
         let exhausted = msg.receive_count >= dlq.max_receives;
-        if !shared.queue.has_redrive && (permanent || exhausted) {
-            match dead_letter(shared, msg, reason, &dlq.queue_url).await {
+        if !queue.info.has_redrive && (permanent || exhausted) {
+            match dead_letter(shared, &queue.url, msg, reason, &dlq.queue_url).await {
                 Ok(()) => {
                     Stats::add(&shared.sqs.stats.jobs_dead_lettered, 1);
                     tracing::warn!(
@@ -627,7 +721,7 @@ async fn settle_failure<H: Handler>(
                         message_id: msg.message_id.clone(),
                         receipt_handle: msg.receipt_handle.clone(),
                     };
-                    if shared.deletes.send(p).is_err() {
+                    if queue.deletes.send(p).is_err() {
                         tracing::error!("deleter already stopped; the message will be delivered again (and is already in the DLQ)");
                     }
                     return;
@@ -639,7 +733,7 @@ async fn settle_failure<H: Handler>(
         }
     }
     let delay = delay.unwrap_or_else(|| cfg.retry.delay(msg.receive_count.saturating_sub(1)));
-    let next = if permanent && !shared.queue.has_redrive && cfg.dead_letter.is_none() {
+    let next = if permanent && !queue.info.has_redrive && cfg.dead_letter.is_none() {
         "retrying (no redrive policy and no --dead-letter-queue-url: it will be retried until it expires)"
     } else {
         "retrying"
@@ -652,7 +746,7 @@ async fn settle_failure<H: Handler>(
     );
     if let Err(e) = shared
         .sqs
-        .set_visibility(&cfg.queue_url, &msg.receipt_handle, delay)
+        .set_visibility(&queue.url, &msg.receipt_handle, delay)
         .await
     {
         tracing::warn!(error = %e, "could not set the retry delay; the message comes back when its visibility timeout ends");
@@ -661,13 +755,14 @@ async fn settle_failure<H: Handler>(
 
 async fn dead_letter<H: Handler>(
     shared: &Shared<H>,
+    source_queue: &str,
     msg: &Received,
     reason: &str,
     dlq_url: &str,
 ) -> Result<(), SqsError> {
     let why = [
         ("DeadLetterReason", reason.chars().take(1000).collect()),
-        ("DeadLetterSourceQueue", shared.config.queue_url.clone()),
+        ("DeadLetterSourceQueue", source_queue.to_owned()),
         ("DeadLetterReceiveCount", msg.receive_count.to_string()),
         ("DeadLetterOriginalMessageId", msg.message_id.clone()),
     ];

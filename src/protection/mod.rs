@@ -7,6 +7,7 @@
 //! worker.
 
 pub mod agent;
+pub mod demand;
 pub mod ecs_api;
 
 use std::future::Future;

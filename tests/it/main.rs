@@ -7,6 +7,7 @@ mod drills_sqs;
 mod ecs;
 mod handlers;
 mod local_ecs;
+mod queues;
 mod soak;
 mod support;
 mod worker;
