@@ -122,7 +122,15 @@ pub async fn serve(
             "/metrics",
             get(move || {
                 let r = render.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], r()) }
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        r(),
+                    )
+                }
             }),
         );
     Ok(tokio::spawn(async move {

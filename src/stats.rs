@@ -82,17 +82,18 @@ impl JobDurations {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// (cumulative counts per bucket, total count, sum in seconds).
-    pub fn read(&self) -> (Vec<u64>, u64, f64) {
-        let mut acc = 0;
-        let cumulative = self.buckets.iter().map(|b| {
-            acc += b.load(Ordering::Relaxed);
-            acc
-        });
-        let cumulative = cumulative.collect();
+    /// (upper bound, count) per bucket, the last one `f64::MAX` (+Inf), and the sum in seconds.
+    pub fn read(&self) -> (Vec<(f64, u64)>, f64) {
+        let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| (*b, n.load(Ordering::Relaxed)))
+            .collect();
+        let counted: u64 = buckets.iter().map(|b| b.1).sum();
+        let total = self.count.load(Ordering::Relaxed);
+        buckets.push((f64::MAX, total.saturating_sub(counted)));
         (
-            cumulative,
-            self.count.load(Ordering::Relaxed),
+            buckets,
             self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         )
     }

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +28,7 @@ use crate::observe::{Health, Phase};
 use crate::protection::demand::Demand;
 use crate::protection::{Protector, Status};
 use crate::sqs::{Deleter, PendingDelete, QueueInfo, Received, Sqs, SqsError, VisibilityKeeper};
-use crate::stats::{JobDurations, Snapshot, Stats, DURATION_BUCKETS};
+use crate::stats::{JobDurations, Snapshot, Stats};
 
 /// Extra protection cover asked for beyond a long poll, so messages never arrive unprotected.
 const COVER_MARGIN: Duration = Duration::from_secs(5);
@@ -769,7 +773,6 @@ async fn dead_letter<H: Handler>(
     shared.sqs.send_dead_letter(dlq_url, msg, &why).await
 }
 
-/// Builds the `/metrics` text from the live counters (Prometheus text format).
 /// What `/metrics` reads.
 struct Live {
     stats: Arc<Stats>,
@@ -780,140 +783,156 @@ struct Live {
     health: Arc<Health>,
 }
 
-fn metrics_renderer(live: Live) -> crate::observe::Render {
-    let Live {
-        stats,
-        running,
-        durations,
-        protection,
-        calls,
-        health,
-    } = live;
-    Arc::new(move || {
-        use std::fmt::Write;
-        let s = stats.snapshot();
-        let mut out = String::with_capacity(2048);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP queue_worker_{name} {help}\n# TYPE queue_worker_{name} {kind}"
-            );
-            for (labels, v) in samples {
-                let _ = writeln!(out, "queue_worker_{name}{labels} {v}");
-            }
-        };
-        let c = |v: u64| v as f64;
-        family(
-            "jobs_total",
-            "counter",
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+/// The counters stay plain atomics on the hot path; prometheus-client reads them at scrape time
+/// and owns the exposition format.
+impl prometheus_client::collector::Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.stats.snapshot();
+        counter_family(
+            &mut enc,
+            "jobs",
             "Jobs by outcome.",
+            "outcome",
             &[
-                ("{outcome=\"started\"}", c(s.jobs_started)),
-                ("{outcome=\"succeeded\"}", c(s.jobs_succeeded)),
-                ("{outcome=\"failed\"}", c(s.jobs_failed)),
-                ("{outcome=\"panicked\"}", c(s.jobs_panicked)),
-                ("{outcome=\"cancelled\"}", c(s.jobs_cancelled)),
-                ("{outcome=\"dead_lettered\"}", c(s.jobs_dead_lettered)),
+                ("started", s.jobs_started),
+                ("succeeded", s.jobs_succeeded),
+                ("failed", s.jobs_failed),
+                ("panicked", s.jobs_panicked),
+                ("timed_out", s.jobs_timed_out),
+                ("cancelled", s.jobs_cancelled),
+                ("dead_lettered", s.jobs_dead_lettered),
             ],
-        );
-        family(
-            "sqs_requests_total",
-            "counter",
+        )?;
+        counter_family(
+            &mut enc,
+            "sqs_requests",
             "SQS requests by operation.",
+            "operation",
             &[
-                ("{operation=\"ReceiveMessage\"}", c(s.receive_requests)),
-                ("{operation=\"DeleteMessageBatch\"}", c(s.delete_requests)),
-                (
-                    "{operation=\"ChangeMessageVisibility\"}",
-                    c(s.visibility_requests),
-                ),
-                ("{operation=\"SendMessage\"}", c(s.dead_letter_requests)),
+                ("ReceiveMessage", s.receive_requests),
+                ("DeleteMessageBatch", s.delete_requests),
+                ("ChangeMessageVisibility", s.visibility_requests),
+                ("SendMessage", s.dead_letter_requests),
             ],
-        );
-        family(
-            "sqs_errors_total",
-            "counter",
+        )?;
+        counter_family(
+            &mut enc,
+            "sqs_errors",
             "Failed SQS requests or batch entries by operation.",
+            "operation",
             &[
-                ("{operation=\"ReceiveMessage\"}", c(s.receive_errors)),
-                ("{operation=\"DeleteMessageBatch\"}", c(s.delete_errors)),
-                (
-                    "{operation=\"ChangeMessageVisibility\"}",
-                    c(s.visibility_errors),
-                ),
+                ("ReceiveMessage", s.receive_errors),
+                ("DeleteMessageBatch", s.delete_errors),
+                ("ChangeMessageVisibility", s.visibility_errors),
             ],
-        );
-        family(
-            "messages_total",
-            "counter",
+        )?;
+        counter_family(
+            &mut enc,
+            "messages",
             "Messages by event.",
+            "event",
             &[
-                ("{event=\"received\"}", c(s.messages_received)),
-                ("{event=\"deleted\"}", c(s.messages_deleted)),
-                ("{event=\"returned\"}", c(s.messages_returned)),
-                (
-                    "{event=\"visibility_extended\"}",
-                    c(s.visibility_extensions),
-                ),
+                ("received", s.messages_received),
+                ("deleted", s.messages_deleted),
+                ("returned", s.messages_returned),
+                ("visibility_extended", s.visibility_extensions),
             ],
-        );
-        let (held, expires_in) = match *protection.borrow() {
+        )?;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        counter_family(
+            &mut enc,
+            "protection_calls",
+            "Protection calls by outcome.",
+            "outcome",
+            &[
+                ("ok", load(&self.calls.ok)),
+                ("transient_error", load(&self.calls.transient)),
+                ("permanent_error", load(&self.calls.permanent)),
+            ],
+        )?;
+        let (held, expires_in) = match *self.protection.borrow() {
             Status::Held { expires } => (
-                1.0,
+                1,
                 expires
                     .saturating_duration_since(Instant::now())
                     .as_secs_f64(),
             ),
-            _ => (0.0, 0.0),
+            _ => (0, 0.0),
         };
-        family(
-            "jobs_in_flight",
-            "gauge",
-            "Jobs running now.",
-            &[("", running.load(Ordering::Relaxed) as f64)],
-        );
-        family(
-            "protection_held",
-            "gauge",
-            "1 while task scale-in protection is held.",
-            &[("", held)],
-        );
-        family(
-            "protection_expires_in_seconds",
-            "gauge",
-            "Seconds until the held protection expires.",
-            &[("", expires_in)],
-        );
-        family(
-            "last_receive_timestamp_seconds",
-            "gauge",
-            "Unix time of the last successful receive.",
-            &[("", health.last_receive_unix_seconds())],
-        );
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
-        family(
-            "protection_calls_total",
-            "counter",
-            "Protection calls by outcome.",
-            &[
-                ("{outcome=\"ok\"}", load(&calls.ok)),
-                ("{outcome=\"transient_error\"}", load(&calls.transient)),
-                ("{outcome=\"permanent_error\"}", load(&calls.permanent)),
-            ],
-        );
-        let (cumulative, count, sum) = durations.read();
-        let _ = writeln!(out, "# HELP queue_worker_job_duration_seconds Job run time.\n# TYPE queue_worker_job_duration_seconds histogram");
-        for (bound, n) in DURATION_BUCKETS.iter().zip(&cumulative) {
-            let _ = writeln!(
-                out,
-                "queue_worker_job_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
-            );
+        let counts = [
+            (
+                "jobs_in_flight",
+                "Jobs running now.",
+                self.running.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "protection_held",
+                "1 while task scale-in protection is held.",
+                held,
+            ),
+        ];
+        for (name, help, v) in counts {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
-        let _ = writeln!(
-            out,
-            "queue_worker_job_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(out, "queue_worker_job_duration_seconds_sum {sum}\nqueue_worker_job_duration_seconds_count {count}");
+        let seconds = [
+            (
+                "protection_expires_in_seconds",
+                "Seconds until the held protection expires.",
+                expires_in,
+            ),
+            (
+                "last_receive_timestamp_seconds",
+                "Unix time of the last successful receive.",
+                self.health.last_receive_unix_seconds(),
+            ),
+        ];
+        for (name, help, v) in seconds {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let (buckets, sum) = self.durations.read();
+        let count = buckets.iter().map(|b| b.1).sum();
+        enc.encode_descriptor(
+            "job_duration_seconds",
+            "Job run time.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// One counter family with a single label.
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in samples {
+        let labels = [(label, *value)];
+        ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn metrics_renderer(live: Live) -> crate::observe::Render {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("queue_worker");
+    registry.register_collector(Box::new(live));
+    Arc::new(move || {
+        let mut out = String::with_capacity(4096);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "could not render /metrics");
+        }
         out
     })
 }
