@@ -14,8 +14,11 @@ use crate::handler::{Handler, Job, Outcome};
 
 /// Exit code meaning "this message will never succeed: dead-letter it now" (sysexits' EX_DATAERR).
 pub const EXIT_PERMANENT: i32 = 65;
-/// Longest log line kept from a child; a flood of output cannot exhaust memory.
+/// Longest log line kept from a child (bytes); a flood of output cannot exhaust memory.
 const MAX_LINE: usize = 8 * 1024;
+/// Most lines logged per output stream and job: a child printing millions of lines must not
+/// turn the worker's log (and its CPU) into a copy of its output.
+const MAX_LINES: usize = 1000;
 
 /// Runs a program per message.
 #[derive(Debug, Clone)]
@@ -49,18 +52,71 @@ fn terminate(child: &Child) {
     }
 }
 
-async fn log_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, stream: &'static str) {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(mut line)) = lines.next_line().await {
-        if line.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
+/// Reads `reader` to the end, calling `each` with every line (without its `\n` / `\r\n`).
+/// Memory stays bounded whatever the child writes: a line longer than [`MAX_LINE`] bytes is cut
+/// (`each` gets `true`) and the rest of it is read and dropped; bytes that are not UTF-8 become
+/// U+FFFD instead of ending the read (which would close the pipe and kill the child with SIGPIPE).
+async fn for_each_line<R: tokio::io::AsyncRead + Unpin>(
+    reader: R,
+    mut each: impl FnMut(&str, bool),
+) {
+    let mut reader = BufReader::new(reader);
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut emit = |line: &mut Vec<u8>, cut: &mut bool| {
+        if line.last() == Some(&b'\r') {
+            line.pop();
         }
-        tracing::info!(stream, "{line}");
+        each(&String::from_utf8_lossy(line), *cut);
+        line.clear();
+        *cut = false;
+    };
+    // A read error ends the stream like EOF does.
+    while let Ok(buf) = reader.fill_buf().await {
+        if buf.is_empty() {
+            if !line.is_empty() || cut {
+                emit(&mut line, &mut cut);
+            }
+            break;
+        }
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let part = &buf[..newline.unwrap_or(buf.len())];
+        let room = MAX_LINE.saturating_sub(line.len());
+        if part.len() > room {
+            line.extend_from_slice(&part[..room]);
+            cut = true;
+        } else {
+            line.extend_from_slice(part);
+        }
+        let used = newline.map_or(buf.len(), |i| i + 1);
+        reader.consume(used);
+        if newline.is_some() {
+            emit(&mut line, &mut cut);
+        }
+    }
+}
+
+/// Logs a child's output stream line by line, at most [`MAX_LINES`] lines; the rest is still read
+/// (so the child never blocks on a full pipe) and only counted.
+async fn log_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, stream: &'static str) {
+    let mut logged = 0usize;
+    let mut dropped = 0u64;
+    for_each_line(reader, |line, cut| {
+        if logged < MAX_LINES {
+            logged += 1;
+            let more = if cut { "…" } else { "" };
+            tracing::info!(stream, "{line}{more}");
+        } else {
+            dropped += 1;
+        }
+    })
+    .await;
+    if dropped > 0 {
+        tracing::warn!(
+            stream,
+            lines = dropped,
+            "{dropped} more output lines not logged (at most {MAX_LINES} per stream and job)"
+        );
     }
 }
 
@@ -143,5 +199,35 @@ mod tests {
         assert_eq!(attr_env_name("colour"), "MESSAGE_ATTR_COLOUR");
         assert_eq!(attr_env_name("trace-id.v2"), "MESSAGE_ATTR_TRACE_ID_V2");
         assert_eq!(attr_env_name("$(rm -rf /)"), "MESSAGE_ATTR___RM__RF___");
+    }
+
+    async fn lines_of(input: Vec<u8>) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for_each_line(&input[..], |l, cut| out.push((l.to_string(), cut))).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn output_lines_are_bounded_lossy_and_complete() {
+        let mut input = b"one\r\ntwo\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+        input.extend(b"\nbad \xff\xfe bytes\nlast");
+        let lines = lines_of(input).await;
+        assert_eq!(
+            lines.len(),
+            5,
+            "{:?}",
+            lines.iter().map(|l| l.0.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], ("one".into(), false));
+        assert_eq!(lines[1], ("two".into(), false));
+        assert_eq!(lines[2].0.len(), MAX_LINE, "a 10 MB line is cut");
+        assert!(lines[2].1);
+        assert_eq!(lines[3], ("bad \u{fffd}\u{fffd} bytes".into(), false));
+        assert_eq!(
+            lines[4],
+            ("last".into(), false),
+            "a last line without newline"
+        );
     }
 }
