@@ -140,9 +140,11 @@ struct SimJson {
 
 /// Why a body is not a simulated job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("body {shown} is not a job: expected milliseconds (10000), a duration (10s, 5m) or JSON like {{\"duration\":\"10s\",\"fail\":true}} ({detail})")]
+#[error("body ({bytes} bytes) is not a job: expected milliseconds (10000), a duration (10s, 5m) or JSON like {{\"duration\":\"10s\",\"fail\":true}} ({detail})")]
 pub struct BadBody {
-    shown: String,
+    bytes: usize,
+    /// The start of the body, for a debug line: bodies never reach info-level logs.
+    pub shown: String,
     detail: String,
 }
 
@@ -153,6 +155,7 @@ fn bad(body: &str, detail: impl Into<String>) -> BadBody {
         shown.push('…');
     }
     BadBody {
+        bytes: body.len(),
         shown: format!("{shown:?}"),
         detail: detail.into(),
     }
@@ -211,7 +214,10 @@ impl Handler for SimulatedJob {
     async fn handle(&self, job: Job) -> Outcome {
         let spec = match parse_sim_body(&job.body) {
             Ok(s) => s,
-            Err(e) => return Outcome::permanent(e.to_string()),
+            Err(e) => {
+                tracing::debug!(message_id = %job.message_id, body = %e.shown, "body not understood");
+                return Outcome::permanent(e.to_string());
+            }
         };
         tracing::info!(
             message_id = %job.message_id,
