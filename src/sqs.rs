@@ -256,12 +256,15 @@ impl Sqs {
                 .collect();
             match self.set_visibility_batch(queue_url, &entries).await {
                 Ok(failed) => {
+                    // Only the entries SQS applied were returned; the failed ones wait out their
+                    // visibility timeout.
+                    let returned = chunk.len().saturating_sub(failed.len());
                     for (i, code) in failed {
                         if let Some(m) = chunk.get(i) {
                             tracing::warn!(message_id = %m.message_id, code, "could not return message; it comes back when its visibility timeout ends");
                         }
                     }
-                    Stats::add(&self.stats.messages_returned, chunk.len() as u64);
+                    Stats::add(&self.stats.messages_returned, returned as u64);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, count = chunk.len(), "could not return messages; they come back when their visibility timeout ends")
@@ -451,7 +454,10 @@ async fn delete_with_retries(sqs: Sqs, queue_url: Arc<str>, mut batch: Vec<Pendi
                 tracing::warn!(error = %e, count = batch.len(), attempt, "delete batch failed; retrying");
             }
         }
-        tokio::time::sleep(backoff.delay(attempt)).await;
+        // No sleep after the last attempt: it would only hold up the shutdown flush.
+        if attempt + 1 < DELETE_ATTEMPTS {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
     }
     for p in batch {
         tracing::error!(message_id = %p.message_id, "could not delete after {DELETE_ATTEMPTS} attempts; the message will be delivered again");
