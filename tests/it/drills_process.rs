@@ -242,7 +242,7 @@ async fn drill_sigkill_mid_batch() {
     let (q, dlq) = queue_with_redrive(&c, 5).await;
     let dir = temp_dir("drill-sigkill");
     let bodies: Vec<String> = (0..20)
-        .map(|i| format!(r#"{{"duration_ms": {}}}"#, 2000 + 50 * i))
+        .map(|i| format!(r#"{{"duration_ms": {}}}"#, 3000 + 50 * i))
         .collect();
     let sent = send_bodies(
         &c,
@@ -277,7 +277,7 @@ async fn drill_sigkill_mid_batch() {
         wait_until(SECS(20), || async { in_flight(&a).len() == 10 }).await,
         "10 jobs running in the first worker"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     a.signal(Signal::SIGKILL);
     let status = wait_exit(&mut a.child, SECS(5));
     use std::os::unix::process::ExitStatusExt;
@@ -285,7 +285,9 @@ async fn drill_sigkill_mid_batch() {
     let a_lines = a.lines();
     let a_started = in_flight(&a);
     let a_out = Outcomes::from_logs([&a_lines]);
-    assert!(a_out.done.is_empty(), "killed before any 2 s job ended");
+    // Killed mid-job: whatever it had not finished must come back (a job that did finish had
+    // its delete queued, but a SIGKILL may beat the delete: then it comes back too).
+    let a_unfinished: HashSet<String> = a_started.difference(&a_out.done_ids()).cloned().collect();
 
     let mut b = spawn_worker(&q, &args, &dir, "b");
     let all_done = wait_until(SECS(30), || async {
@@ -303,9 +305,15 @@ async fn drill_sigkill_mid_batch() {
     assert!(is_clean_exit(&exit_b));
     let all = Outcomes::from_logs([&a_lines, &b.lines()]);
     assert_eq!(all.done_ids(), set(&sent), "every message processed");
-    assert!(all.duplicates().is_empty(), "{:?}", all.duplicates());
-    assert_eq!(
-        b_out.redelivered, a_started,
+    assert!(
+        all.duplicates()
+            .iter()
+            .all(|id| a_out.done.contains_key(id)),
+        "a message runs twice only if the killed worker finished it: {:?}",
+        all.duplicates()
+    );
+    assert!(
+        a_unfinished.is_subset(&b_out.redelivered) && b_out.redelivered.is_subset(&a_started),
         "exactly the killed worker's in-flight messages came back (receive count 2)"
     );
     let in_dlq = drain_all(&c, &dlq).await;
@@ -316,6 +324,7 @@ async fn drill_sigkill_mid_batch() {
             "sent": sent.len(),
             "in_flight_at_sigkill": a_started.len(),
             "processed_before_kill": a_out.done.len(),
+            "unfinished_at_sigkill": a_unfinished.len(),
             "processed": all.done.len(),
             "deleted": sent.len() - counts(&c, &q).await.0 as usize,
             "redelivered": b_out.redelivered.len(),
