@@ -275,6 +275,9 @@ async fn run_actor(
     stop: CancellationToken,
 ) -> Option<Held> {
     let mut held: Option<Held> = None;
+    // A release that failed may still have been applied (its answer lost): from then on `held`
+    // is only a guess, so the next hold calls the backend instead of trusting it.
+    let mut doubtful = false;
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     let minutes = timing.minutes();
@@ -306,6 +309,7 @@ async fn run_actor(
             (Want::Hold { until }, h) => {
                 let due = match h {
                     None => true,
+                    Some(_) if doubtful => true,
                     Some(h) => now >= h.refreshed + timing.refresh_after() || h.expires < until,
                 };
                 if let Some(h) = h {
@@ -350,6 +354,7 @@ async fn run_actor(
                     });
                     failures = 0;
                     retry_at = None;
+                    doubtful = false;
                     let exp = g.expiration.as_deref().unwrap_or("unknown");
                     if was_held {
                         tracing::info!(
@@ -367,6 +372,7 @@ async fn run_actor(
                 }
                 (false, Ok(_)) => {
                     held = None;
+                    doubtful = false;
                     failures = 0;
                     retry_at = None;
                     tracing::info!(backend = backend.name(), "protection released");
@@ -381,6 +387,7 @@ async fn run_actor(
                     );
                 }
                 (_, Err(ProtectionError::Transient(e))) => {
+                    doubtful |= !enable;
                     failures += 1;
                     let d = timing.retry.delay(failures - 1);
                     retry_at = Some(Instant::now() + d);
@@ -395,11 +402,11 @@ async fn run_actor(
                     return None;
                 }
             }
-            publish(status_of(want, held, Instant::now()));
+            publish(status_of(want, held.filter(|_| !doubtful), Instant::now()));
             continue;
         }
 
-        publish(status_of(want, held, now));
+        publish(status_of(want, held.filter(|_| !doubtful), now));
         tokio::select! {
             _ = want_rx.changed() => {}
             _ = sleep_until_opt(wake) => {}

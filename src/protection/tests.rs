@@ -254,3 +254,32 @@ async fn disabled_protection_always_covers_and_never_calls() {
     assert!(p.status().covers(Instant::now() + 100 * MIN));
     assert!(!p.is_enabled());
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_release_the_next_hold_asks_again_instead_of_trusting_its_memory() {
+    let fake = Arc::new(Fake::default());
+    let p = Protector::start(fake.clone(), Timing::new(5 * MIN, Duration::ZERO));
+    acquire(&p).await;
+    // The release may have been applied even though its answer was lost.
+    fake.script([transient()]);
+    p.release();
+    settle().await;
+    assert!(
+        !matches!(p.status(), Status::Held { .. }),
+        "a doubtful release must not leave the status Held"
+    );
+    p.hold_until(Instant::now() + Duration::from_secs(25));
+    assert!(
+        p.wait_for(&CancellationToken::new(), |s| matches!(
+            s,
+            Status::Held { .. }
+        ))
+        .await
+    );
+    let enables: Vec<bool> = fake.calls().iter().map(|c| c.1).collect();
+    assert_eq!(
+        enables,
+        vec![true, false, true],
+        "protection taken again, not assumed"
+    );
+}
