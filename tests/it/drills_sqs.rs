@@ -115,6 +115,8 @@ async fn receive_all(c: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<(Strin
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plan {
     Succeed,
+    /// Succeeds after 3 s: its visibility (4 s) is extended while it runs, through the faults.
+    Long,
     /// Fails while the receive count is at most this, then succeeds.
     Flaky(u32),
     AlwaysFail,
@@ -125,11 +127,13 @@ async fn drill_sqs_faults() {
     let c = client();
     let (q, dlq) = queue_with_redrive(&c, MAX_RECEIVES).await;
 
-    // 300 messages: 20 always fail, 40 fail once or twice then succeed, 240 succeed.
+    // 300 messages: 20 always fail, 40 fail once or twice then succeed, 10 run for 3 s, the rest
+    // succeed at once.
     let plans: Vec<Plan> = (0..300)
         .map(|i| match i {
             i if i % 15 == 0 => Plan::AlwaysFail,
             i if i % 6 == 0 => Plan::Flaky(1 + (i / 6) % 2),
+            i if i % 25 == 1 => Plan::Long,
             _ => Plan::Succeed,
         })
         .collect();
@@ -138,6 +142,7 @@ async fn drill_sqs_faults() {
         .enumerate()
         .map(|(i, p)| match p {
             Plan::Succeed => format!(r#"{{"duration_ms":{}}}"#, i % 20),
+            Plan::Long => r#"{"duration_ms":3000}"#.to_string(),
             Plan::Flaky(n) => format!(r#"{{"duration_ms":5,"fail_times":{n}}}"#),
             Plan::AlwaysFail => r#"{"duration_ms":5,"fail":true}"#.to_string(),
         })
@@ -256,7 +261,7 @@ async fn drill_sqs_faults() {
     // A failed job never succeeded by accident, and flaky ones failed exactly while told to.
     for s in &seen {
         let expect_success = match plan_of[&s.message_id] {
-            Plan::Succeed => true,
+            Plan::Succeed | Plan::Long => true,
             Plan::Flaky(n) => s.receive_count > n,
             Plan::AlwaysFail => false,
         };
@@ -304,6 +309,7 @@ async fn drill_sqs_faults() {
             "dead_lettered": in_dlq.len(),
             "always_fail_job_runs": dlq_runs,
             "flaky": plans.iter().filter(|p| matches!(p, Plan::Flaky(_))).count(),
+            "long_jobs": plans.iter().filter(|p| **p == Plan::Long).count(),
             "duplicate_successes": duplicate_successes,
             "messages_deleted_twice": deleted_twice,
             "deletes_accepted": deletes.len(),
