@@ -203,3 +203,67 @@ async fn the_health_subcommand_asks_the_running_worker() {
     assert!(healthy, "healthy while polling");
     assert_eq!(status.code(), Some(0));
 }
+
+/// TCP sockets the process `pid` listens on, as "addr:port" (from its fds and /proc/net/tcp*).
+fn listening(pid: u32) -> Vec<String> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // f[1] local address (hex ip:port), f[3] state (0A = LISTEN), f[9] inode
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let (ip, port) = f[1].split_once(':').expect("addr");
+                let port = u16::from_str_radix(port, 16).expect("port");
+                let ip = if ip.len() == 8 {
+                    let n = u32::from_str_radix(ip, 16).expect("ip");
+                    std::net::Ipv4Addr::from(n.swap_bytes()).to_string()
+                } else {
+                    format!("[{ip}]")
+                };
+                out.push(format!("{ip}:{port}"));
+            }
+        }
+    }
+    out
+}
+
+/// Security basics: with default settings the worker listens on nothing; with metrics on, only
+/// on the loopback address it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_listens_on_nothing_by_default_and_only_on_the_metrics_address_when_asked() {
+    let c = client();
+    let q = create_queue(&c, "listen", &[]).await;
+    let addr = free_addr().to_string();
+    for metrics in [None, Some(addr.as_str())] {
+        let mut args = vec!["run", "--queue-url", &q, "--wait-time", "1s"];
+        if let Some(a) = metrics {
+            args.extend(["--metrics-addr", a]);
+        }
+        let mut child = worker(&args).stderr(Stdio::null()).spawn().expect("spawn");
+        // Time to start and poll at least once (1 s long polls).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let sockets = listening(child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert_eq!(
+            wait_exit(&mut child, Duration::from_secs(10)).code(),
+            Some(0)
+        );
+        match metrics {
+            None => assert!(sockets.is_empty(), "listening by default: {sockets:?}"),
+            Some(a) => assert_eq!(sockets, vec![a.to_string()], "only the metrics address"),
+        }
+    }
+}
