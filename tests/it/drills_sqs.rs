@@ -740,12 +740,10 @@ async fn drill_agent_faults() {
     );
 }
 
-/// Found by this drill's agent work; fails until the protection actor is fixed (see the commit
-/// that added it): in on-receipt mode, a release that the agent applied but whose answer was lost
-/// leaves the actor believing it still holds protection, so the next job starts (and runs)
-/// unprotected without a single agent call.
+/// Regression (found by the agent drill work): in on-receipt mode, a release that the agent
+/// applied but whose answer was lost left the actor believing it still held protection, so the
+/// next job started (and ran) unprotected without a single agent call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug in protection::run_actor: a failed release keeps `held`, see the drill report"]
 async fn a_lost_release_answer_never_lets_a_job_start_unprotected() {
     use queue_worker::config::ProtectMode;
     let c = client();
