@@ -10,6 +10,7 @@
 # project's CI machine can reach only the package registries), the two advisory checks are
 # reported as SKIPPED with the reason; licences, bans and sources are always checked.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
