@@ -93,7 +93,8 @@ pub fn build_protector(
     }
 }
 
-/// Fires the token on SIGTERM or SIGINT (a second signal does not kill: the drain has a deadline).
+/// Fires the token on SIGTERM or SIGINT (a second signal does not kill: the drain has a deadline,
+/// so later signals are only logged). Runs until the caller aborts the returned task.
 pub fn shutdown_on_signals(
     token: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
@@ -103,10 +104,11 @@ pub fn shutdown_on_signals(
     Ok(tokio::spawn(async move {
         loop {
             let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-                _ = token.cancelled(), if token.is_cancelled() => return,
+                s = term.recv() => s.map(|_| "SIGTERM"),
+                s = int.recv() => s.map(|_| "SIGINT"),
             };
+            // None: the signal driver is gone (runtime shutting down).
+            let Some(name) = name else { return };
             if token.is_cancelled() {
                 tracing::info!("{name} received again; already shutting down");
             } else {

@@ -372,13 +372,17 @@ async fn sigterm_burst(c: &aws_sdk_sqs::Client, dir: &Path) -> Value {
         took < SECS(10 + 5),
         "within the shutdown timeout (10 s) and its cleanup: {took:?}"
     );
-    // Repeats must neither kill the worker nor restart or shorten its drain. (They are not
-    // logged: the signal task ends at the first one; tokio keeps the handler installed.)
+    // Repeats must neither kill the worker nor restart or shorten its drain; they are logged.
     let received = lines
         .iter()
         .filter(|v| v["message"] == "SIGTERM received")
         .count();
     assert_eq!(received, 1, "one shutdown");
+    let repeats = lines
+        .iter()
+        .filter(|v| v["message"] == "SIGTERM received again; already shutting down")
+        .count();
+    assert_eq!(repeats, 4, "each repeat logged and ignored");
     assert_eq!(out.done_ids(), set(&sent), "the running jobs were finished");
     assert!(out.cancelled.is_empty() && out.duplicates().is_empty());
     assert!(drained(c, &q, SECS(5)).await, "deleted before the exit");
