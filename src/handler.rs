@@ -210,6 +210,9 @@ pub fn parse_sim_body(body: &str) -> Result<SimSpec, BadBody> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SimulatedJob;
 
+/// Simulated jobs at least this long get an info line when they start.
+const LONG_JOB: Duration = Duration::from_secs(1);
+
 impl Handler for SimulatedJob {
     async fn handle(&self, job: Job) -> Outcome {
         let spec = match parse_sim_body(&job.body) {
@@ -219,12 +222,18 @@ impl Handler for SimulatedJob {
                 return Outcome::permanent(e.to_string());
             }
         };
-        tracing::info!(
-            message_id = %job.message_id,
-            receive_count = job.receive_count,
-            "working for {} ms",
-            spec.duration.as_millis()
-        );
+        // Announce long jobs (what is in flight matters to an operator); for short ones the
+        // "done" line is enough, and a second line per job is a large share of the CPU.
+        if spec.duration >= LONG_JOB {
+            tracing::info!(
+                message_id = %job.message_id,
+                receive_count = job.receive_count,
+                "working for {} ms",
+                spec.duration.as_millis()
+            );
+        } else {
+            tracing::debug!(message_id = %job.message_id, "working for {} ms", spec.duration.as_millis());
+        }
         tokio::select! {
             _ = tokio::time::sleep(spec.duration) => {}
             _ = job.cancel.cancelled() => return Outcome::retry("cancelled at the shutdown deadline"),
