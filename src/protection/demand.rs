@@ -229,6 +229,18 @@ mod tests {
         matches!(d.protector().status(), Status::Held { .. })
     }
 
+    /// Both pollers hold protection; then poller 0 finds no work and goes idle (in a task).
+    async fn both_holding_then_poller_0_idles(
+        d: &Arc<Demand>,
+        never: &CancellationToken,
+    ) -> tokio::task::JoinHandle<bool> {
+        d.hold(0, Instant::now() + Duration::from_secs(25));
+        d.hold(1, Instant::now() + Duration::from_secs(25));
+        settle().await;
+        let (d, never) = (d.clone(), never.clone());
+        tokio::spawn(async move { d.idle(0, WINDOW, &never).await })
+    }
+
     async fn settle() {
         for _ in 0..50 {
             tokio::task::yield_now().await;
@@ -272,13 +284,7 @@ mod tests {
     async fn messages_on_another_queue_end_the_idle_period() {
         let (_log, d) = setup(2);
         let never = CancellationToken::new();
-        d.hold(0, Instant::now() + Duration::from_secs(25));
-        d.hold(1, Instant::now() + Duration::from_secs(25));
-        settle().await;
-        let idle0 = tokio::spawn({
-            let (d, never) = (d.clone(), never.clone());
-            async move { d.idle(0, WINDOW, &never).await }
-        });
+        let idle0 = both_holding_then_poller_0_idles(&d, &never).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         d.busy();
         settle().await;
@@ -293,13 +299,7 @@ mod tests {
     async fn a_poller_about_to_receive_waits_out_the_idle_period_without_holding() {
         let (log, d) = setup(2);
         let never = CancellationToken::new();
-        d.hold(0, Instant::now() + Duration::from_secs(25));
-        d.hold(1, Instant::now() + Duration::from_secs(25));
-        settle().await;
-        let idle0 = tokio::spawn({
-            let (d, never) = (d.clone(), never.clone());
-            async move { d.idle(0, WINDOW, &never).await }
-        });
+        let idle0 = both_holding_then_poller_0_idles(&d, &never).await;
         settle().await;
         // Poller 1's receive failed; before retrying it must not keep protection wanted.
         assert!(d.wait_not_idle(1, &never).await);

@@ -17,13 +17,12 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     SendMessageBatchRequestEntry,
 };
-use queue_worker::agent_double::{AgentDouble, Reply, ReplyKind};
+use queue_worker::agent_double::{Reply, ReplyKind};
 use queue_worker::fault_proxy::{FaultConfig, FaultKind, FaultProxy, Shares};
-use queue_worker::handler::{Handler, Outcome};
+use queue_worker::handler::Outcome;
 use queue_worker::protection::{agent::AgentBackend, Protector, Status, Timing};
 use queue_worker::sqs::Sqs;
 use queue_worker::stats::Stats;
-use queue_worker::Config;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -36,31 +35,6 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// Receives before the redrive policy moves a message to the DLQ. Flaky messages need at most 3;
 /// the rest is margin for receives whose answer the proxy loses (they count as receives too).
 const MAX_RECEIVES: u32 = 6;
-
-/// A worker like [`start`], but talking to SQS through `endpoint` (the proxy).
-fn start_through<H: Handler>(
-    endpoint: &str,
-    config: Config,
-    protector: Protector,
-    handler: H,
-) -> Running {
-    let stats = Arc::new(Stats::default());
-    let client = aws_sdk_sqs::Client::from_conf(sqs_config(endpoint));
-    let sqs = Sqs::new(client, stats.clone());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(queue_worker::run(
-        config,
-        sqs,
-        protector,
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
-    Running {
-        shutdown,
-        stats,
-        task,
-    }
-}
 
 /// Sends `bodies` straight to fauxqs (not through the proxy), 10 per request; returns the ids in
 /// order.
@@ -523,13 +497,7 @@ async fn relay_loop(
 async fn drill_agent_faults() {
     let c = client();
     let q = create_queue(&c, "agentdrill", &[]).await;
-    let double = AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("agent double");
-    let task = double.add_task(
-        "drill-cluster",
-        &format!("arn:aws:ecs:us-east-1:1:task/drill-cluster/{}", unique("t")),
-    );
+    let (double, task) = agent_task().await;
     let mut mix = Reply::transient_faults();
     mix.push(Reply::FailureInOk {
         reason: "DEPLOYMENT_BLOCKED".into(),
@@ -748,13 +716,7 @@ async fn a_lost_release_answer_never_lets_a_job_start_unprotected() {
     use queue_worker::config::ProtectMode;
     let c = client();
     let q = create_queue(&c, "lostrelease", &[]).await;
-    let double = AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("agent double");
-    let task = double.add_task(
-        "c",
-        &format!("arn:aws:ecs:us-east-1:1:task/c/{}", unique("t")),
-    );
+    let (double, task) = agent_task().await;
     // The hold is answered; the release reaches ECS but its answer misses the agent's 5 s write
     // deadline, so the worker sees a closed connection.
     task.push_replies([

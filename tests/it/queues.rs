@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use queue_worker::agent_double::AgentDouble;
 use queue_worker::protection::{agent::AgentBackend, Protector, Timing};
 
 use crate::support::*;
@@ -88,13 +87,7 @@ async fn with_two_idle_queues_protection_is_released_and_work_on_either_is_prote
     let c = client();
     let qa = create_queue(&c, "prot-a", &[]).await;
     let qb = create_queue(&c, "prot-b", &[]).await;
-    let double = AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("agent double");
-    let task = double.add_task(
-        "test-cluster",
-        &format!("arn:aws:ecs:us-east-1:1:task/test-cluster/{}", unique("t")),
-    );
+    let (_double, task) = agent_task().await;
     let backend = AgentBackend::new(&task.agent_uri()).expect("agent client");
     let protector = Protector::start(Arc::new(backend), Timing::new(SECS(60), Duration::ZERO));
     let probe_task = task.clone();

@@ -297,8 +297,19 @@ impl Running {
 }
 
 pub fn start<H: Handler>(config: Config, protector: Protector, handler: H) -> Running {
+    start_through(&fauxqs().endpoint, config, protector, handler)
+}
+
+/// A worker like [`start`], but talking to SQS through `endpoint` (e.g. the fault proxy).
+pub fn start_through<H: Handler>(
+    endpoint: &str,
+    config: Config,
+    protector: Protector,
+    handler: H,
+) -> Running {
     let stats = Arc::new(Stats::default());
-    let sqs = Sqs::new(client(), stats.clone());
+    let client = aws_sdk_sqs::Client::from_conf(sqs_config(endpoint));
+    let sqs = Sqs::new(client, stats.clone());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(queue_worker::run(
         config,
@@ -345,4 +356,20 @@ pub fn report_drill(name: &str, counts: &serde_json::Value) {
     let line = serde_json::json!({ "drill": name, "counts": counts });
     println!("DRILL {line}");
     let _ = std::fs::write(dir.join(format!("{name}.json")), line.to_string());
+}
+
+/// An agent double with one task on it (a fresh task ARN per call).
+pub async fn agent_task() -> (
+    queue_worker::agent_double::AgentDouble,
+    queue_worker::agent_double::TaskEndpoint,
+) {
+    let double =
+        queue_worker::agent_double::AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("agent double");
+    let task = double.add_task(
+        "test-cluster",
+        &format!("arn:aws:ecs:us-east-1:1:task/test-cluster/{}", unique("t")),
+    );
+    (double, task)
 }

@@ -15,14 +15,7 @@ use crate::support::*;
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 async fn agent() -> (AgentDouble, TaskEndpoint) {
-    let double = AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("agent double");
-    let task = double.add_task(
-        "test-cluster",
-        &format!("arn:aws:ecs:us-east-1:1:task/test-cluster/{}", unique("t")),
-    );
-    (double, task)
+    agent_task().await
 }
 
 fn protector_for(task: &TaskEndpoint, min_hold: Duration) -> Protector {
