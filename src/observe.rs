@@ -24,11 +24,16 @@ pub enum Phase {
     Stopping = 5,
 }
 
-/// The loop's heartbeat.
-pub struct Health {
-    base: Instant,
+/// One poller's heartbeat: what it is doing and since when.
+struct Beat {
     phase: AtomicU8,
     since_ms: AtomicU64,
+}
+
+/// The poll loops' heartbeats (one per queue): healthy only while every one of them is alive.
+pub struct Health {
+    base: Instant,
+    beats: Vec<Beat>,
     last_receive_unix_ms: AtomicU64,
     /// How long a receive (or start-up) may take beyond the long-poll wait.
     receive_limit: Duration,
@@ -38,23 +43,47 @@ pub struct Health {
 
 impl Health {
     pub fn new(wait: Duration, idle_window: Duration, grace: Duration) -> Self {
+        Self::for_pollers(1, wait, idle_window, grace)
+    }
+
+    pub fn for_pollers(
+        pollers: usize,
+        wait: Duration,
+        idle_window: Duration,
+        grace: Duration,
+    ) -> Self {
         Self {
             base: Instant::now(),
-            phase: AtomicU8::new(Phase::Starting as u8),
-            since_ms: AtomicU64::new(0),
+            beats: (0..pollers.max(1))
+                .map(|_| Beat {
+                    phase: AtomicU8::new(Phase::Starting as u8),
+                    since_ms: AtomicU64::new(0),
+                })
+                .collect(),
             last_receive_unix_ms: AtomicU64::new(0),
             receive_limit: wait + grace,
-            idle_limit: idle_window + grace,
+            // An idle poller may wait for the others' long polls before its idle window starts.
+            idle_limit: wait + idle_window + grace,
             // The agent may be down for a while; a task that cannot get protection for this long
             // is better replaced.
             protection_limit: grace.max(Duration::from_secs(300)),
         }
     }
 
+    /// Every poller is now in `phase` (start-up, stopping).
     pub fn set(&self, phase: Phase) {
-        self.since_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.phase.store(phase as u8, Ordering::Relaxed);
+        for slot in 0..self.beats.len() {
+            self.set_for(slot, phase);
+        }
+    }
+
+    /// Poller `slot` is now in `phase`.
+    pub fn set_for(&self, slot: usize, phase: Phase) {
+        if let Some(b) = self.beats.get(slot) {
+            b.since_ms
+                .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+            b.phase.store(phase as u8, Ordering::Relaxed);
+        }
     }
 
     pub fn received(&self) {
@@ -69,26 +98,36 @@ impl Health {
         self.last_receive_unix_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    /// `Ok` while the loop is alive; otherwise why not.
+    /// `Ok` while every poll loop is alive; otherwise why not (the first stuck one).
     pub fn check(&self) -> Result<(), String> {
-        let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
-        let stuck_for = self.base.elapsed().saturating_sub(since);
-        let (name, limit) = match self.phase.load(Ordering::Relaxed) {
-            0 => ("starting", Some(self.receive_limit)),
-            1 => ("waiting for a free job slot", None),
-            2 => ("waiting for task protection", Some(self.protection_limit)),
-            3 => ("receiving", Some(self.receive_limit)),
-            4 => ("idle", Some(self.idle_limit)),
-            _ => ("stopping", None),
-        };
-        match limit {
-            Some(limit) if stuck_for > limit => Err(format!(
-                "poll loop {name} for {}s (limit {}s)",
-                stuck_for.as_secs(),
-                limit.as_secs()
-            )),
-            _ => Ok(()),
+        for (slot, b) in self.beats.iter().enumerate() {
+            let since = Duration::from_millis(b.since_ms.load(Ordering::Relaxed));
+            let stuck_for = self.base.elapsed().saturating_sub(since);
+            let (name, limit) = match b.phase.load(Ordering::Relaxed) {
+                0 => ("starting", Some(self.receive_limit)),
+                1 => ("waiting for a free job slot", None),
+                2 => ("waiting for task protection", Some(self.protection_limit)),
+                3 => ("receiving", Some(self.receive_limit)),
+                4 => ("idle", Some(self.idle_limit)),
+                _ => ("stopping", None),
+            };
+            let which = if self.beats.len() > 1 {
+                format!(" (queue {})", slot + 1)
+            } else {
+                String::new()
+            };
+            match limit {
+                Some(limit) if stuck_for > limit => {
+                    return Err(format!(
+                        "poll loop{which} {name} for {}s (limit {}s)",
+                        stuck_for.as_secs(),
+                        limit.as_secs()
+                    ))
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 }
 
@@ -159,5 +198,35 @@ pub async fn probe(addr: SocketAddr) -> Result<String, String> {
         Ok(body.trim().to_string())
     } else {
         Err(body.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_wedged_poller_makes_the_worker_unhealthy() {
+        let h = Health::for_pollers(
+            2,
+            Duration::from_secs(20),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        );
+        h.set_for(0, Phase::Receiving);
+        h.set_for(1, Phase::Receiving);
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        // Poller 0 keeps completing receives; poller 1's receive never returns.
+        h.set_for(0, Phase::Receiving);
+        assert!(h.check().is_ok(), "within the limit");
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        h.set_for(0, Phase::Receiving);
+        let e = h.check().expect_err("queue 2 is stuck");
+        assert!(e.contains("queue 2") && e.contains("receiving"), "{e}");
+        h.set_for(1, Phase::WaitingPermits);
+        assert!(
+            h.check().is_ok(),
+            "waiting for job slots is healthy however long"
+        );
     }
 }

@@ -78,7 +78,8 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<Snapshot, WorkerError> {
-    let health = Arc::new(Health::new(
+    let health = Arc::new(Health::for_pollers(
+        config.queue_urls().len(),
         config.wait_time,
         config.protection.idle_window,
         config.health_grace,
@@ -386,7 +387,7 @@ async fn poll_loop<H: Handler>(
 
     let health = &shared.health;
     loop {
-        health.set(Phase::WaitingPermits);
+        health.set_for(slot, Phase::WaitingPermits);
         let jobs_running = shared.running.load(Ordering::Acquire) > 0;
         let batch_max = if pollers == 1 {
             SQS_MAX_RECEIVE_BATCH.min(cfg.concurrency)
@@ -413,13 +414,13 @@ async fn poll_loop<H: Handler>(
             }
             let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
             demand.hold(slot, until);
-            health.set(Phase::WaitingProtection);
+            health.set_for(slot, Phase::WaitingProtection);
             if !protector.wait_covered(&shutdown, until).await {
                 break;
             }
         }
 
-        health.set(Phase::Receiving);
+        health.set_for(slot, Phase::Receiving);
         let received = tokio::select! {
             r = shared.sqs.receive(url, permits.len(), cfg.wait_time, cfg.visibility_timeout) => r,
             _ = abandon_poll.cancelled() => break,
@@ -469,7 +470,7 @@ async fn poll_loop<H: Handler>(
             drop(permits);
             if shared.running.load(Ordering::Acquire) == 0 && protector.is_enabled() {
                 if mode == ProtectMode::BeforeReceive {
-                    health.set(Phase::Idle);
+                    health.set_for(slot, Phase::Idle);
                     // Idle: release (together with the other pollers), then stay unprotected
                     // for the idle window so that ECS can stop this task.
                     if !demand
