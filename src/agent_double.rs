@@ -983,6 +983,9 @@ mod tests {
         format!("{}/task-protection/v1/state", task.agent_uri())
     }
 
+    /// The body of an enable-for-5-minutes request.
+    const ENABLE_5M: &str = r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#;
+
     async fn put(client: &reqwest::Client, task: &TaskEndpoint, body: &str) -> reqwest::Response {
         client
             .put(state_url(task))
@@ -1020,15 +1023,7 @@ mod tests {
         let (double, task, client) = start().await;
         let before = SystemTime::now();
 
-        let (status, body) = json_of(
-            put(
-                &client,
-                &task,
-                r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#,
-            )
-            .await,
-        )
-        .await;
+        let (status, body) = json_of(put(&client, &task, ENABLE_5M).await).await;
         assert_eq!(status, 200);
         let p = &body["protection"];
         assert_eq!(p["ProtectionEnabled"], true);
@@ -1119,15 +1114,7 @@ mod tests {
     async fn failure_in_200_leaves_the_task_unprotected() {
         let (double, task, client) = start().await;
         task.push_replies([Reply::task_not_valid()]);
-        let (status, body) = json_of(
-            put(
-                &client,
-                &task,
-                r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#,
-            )
-            .await,
-        )
-        .await;
+        let (status, body) = json_of(put(&client, &task, ENABLE_5M).await).await;
         assert_eq!(status, 200);
         assert_eq!(
             body,
@@ -1136,12 +1123,7 @@ mod tests {
         assert!(!task.is_protected_at(SystemTime::now()));
 
         // The script is spent: the next call behaves normally.
-        put(
-            &client,
-            &task,
-            r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#,
-        )
-        .await;
+        put(&client, &task, ENABLE_5M).await;
         assert!(task.protection().enabled);
         double.shutdown().await;
     }
@@ -1154,16 +1136,14 @@ mod tests {
             Reply::no_task_role(),
             Reply::gateway_timeout(),
         ]);
-        let body = r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#;
-
-        let (status, json) = json_of(put(&client, &task, body).await).await;
+        let (status, json) = json_of(put(&client, &task, ENABLE_5M).await).await;
         assert_eq!(status, 400);
         assert_eq!(json["error"]["Code"], "ThrottlingException");
         assert_eq!(json["error"]["Message"], "Rate exceeded");
         assert_eq!(json["error"]["Arn"], ARN);
         assert!(json["requestID"].is_string(), "{json}");
 
-        let (status, json) = json_of(put(&client, &task, body).await).await;
+        let (status, json) = json_of(put(&client, &task, ENABLE_5M).await).await;
         assert_eq!(status, 403);
         assert_eq!(json["error"]["Code"], "AccessDeniedException");
         assert!(json.get("requestID").is_none(), "{json}");
@@ -1299,15 +1279,7 @@ mod tests {
             then: Box::new(Reply::Normal),
         }]);
         let started = std::time::Instant::now();
-        let (status, _) = json_of(
-            put(
-                &client,
-                &task,
-                r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#,
-            )
-            .await,
-        )
-        .await;
+        let (status, _) = json_of(put(&client, &task, ENABLE_5M).await).await;
         assert_eq!(status, 200);
         assert!(started.elapsed() >= delay);
         assert!(task.protection().enabled);
@@ -1327,7 +1299,7 @@ mod tests {
         }]);
         let err = client
             .put(state_url(&task))
-            .body(r#"{"ProtectionEnabled": true, "ExpiresInMinutes": 5}"#)
+            .body(ENABLE_5M)
             .send()
             .await
             .expect_err("no response");

@@ -1095,6 +1095,14 @@ mod tests {
         (format!("http://{addr}"), seen, task)
     }
 
+    /// A test client that goes straight to loopback, whatever HTTP_PROXY says.
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+    }
+
     async fn call(
         http: &reqwest::Client,
         proxy: &FaultProxy,
@@ -1150,10 +1158,7 @@ mod tests {
     #[tokio::test]
     async fn injected_errors_have_aws_shapes_and_are_not_forwarded() {
         let (up, seen, task) = upstream().await;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let http = http();
         for (kind, status, code) in [
             (FaultKind::ServerError, 500, "InternalError"),
             (FaultKind::Unavailable, 503, "ServiceUnavailable"),
@@ -1189,10 +1194,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_requests_never_arrive_and_lost_replies_are_applied() {
         let (up, seen, task) = upstream().await;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let http = http();
         let proxy = FaultProxy::start(
             &up,
             FaultConfig::new(3, Shares::only(FaultKind::DroppedRequest)),
@@ -1243,10 +1245,7 @@ mod tests {
     #[tokio::test]
     async fn partial_batch_failures_are_faithful() {
         let (up, seen, task) = upstream().await;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let http = http();
         let proxy = FaultProxy::start(
             &up,
             FaultConfig::new(11, Shares::only(FaultKind::PartialBatch)),
@@ -1312,10 +1311,7 @@ mod tests {
     #[tokio::test]
     async fn the_same_seed_draws_the_same_faults() {
         let (up, _seen, task) = upstream().await;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let http = http();
         let shares = Shares {
             server_error: 0.2,
             unavailable: 0.2,

@@ -866,38 +866,30 @@ impl prometheus_client::collector::Collector for Live {
             ),
             _ => (0, 0.0),
         };
-        let counts = [
-            (
-                "jobs_in_flight",
-                "Jobs running now.",
-                self.running.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "protection_held",
-                "1 while task scale-in protection is held.",
-                held,
-            ),
-        ];
-        for (name, help, v) in counts {
-            let g = ConstGauge::new(v);
-            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
-        }
-        let seconds = [
-            (
-                "protection_expires_in_seconds",
-                "Seconds until the held protection expires.",
-                expires_in,
-            ),
-            (
-                "last_receive_timestamp_seconds",
-                "Unix time of the last successful receive.",
-                self.health.last_receive_unix_seconds(),
-            ),
-        ];
-        for (name, help, v) in seconds {
-            let g = ConstGauge::new(v);
-            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
-        }
+        gauge(
+            &mut enc,
+            "jobs_in_flight",
+            "Jobs running now.",
+            self.running.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "protection_held",
+            "1 while task scale-in protection is held.",
+            held,
+        )?;
+        gauge(
+            &mut enc,
+            "protection_expires_in_seconds",
+            "Seconds until the held protection expires.",
+            expires_in,
+        )?;
+        gauge(
+            &mut enc,
+            "last_receive_timestamp_seconds",
+            "Unix time of the last successful receive.",
+            self.health.last_receive_unix_seconds(),
+        )?;
         let (buckets, sum) = self.durations.read();
         let count = buckets.iter().map(|b| b.1).sum();
         enc.encode_descriptor(
@@ -908,6 +900,20 @@ impl prometheus_client::collector::Collector for Live {
         )?
         .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
+}
+
+/// One unlabelled gauge (integer or float).
+fn gauge<V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: V,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
 /// One counter family with a single label.
