@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    SendMessageBatchRequestEntry,
 };
 use queue_worker::agent_double::{Reply, ReplyKind};
 use queue_worker::fault_proxy::{FaultConfig, FaultKind, FaultProxy, Shares};
@@ -35,30 +34,6 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// Receives before the redrive policy moves a message to the DLQ. Flaky messages need at most 3;
 /// the rest is margin for receives whose answer the proxy loses (they count as receives too).
 const MAX_RECEIVES: u32 = 6;
-
-/// Sends `bodies` straight to fauxqs (not through the proxy), 10 per request; returns the ids in
-/// order.
-async fn send_many(c: &aws_sdk_sqs::Client, url: &str, bodies: &[String]) -> Vec<String> {
-    let mut ids = Vec::with_capacity(bodies.len());
-    for chunk in bodies.chunks(10) {
-        let mut req = c.send_message_batch().queue_url(url);
-        for (i, b) in chunk.iter().enumerate() {
-            req = req.entries(
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
-                    .build()
-                    .expect("entry"),
-            );
-        }
-        let out = req.send().await.expect("send batch");
-        assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
-        let mut ok = out.successful;
-        ok.sort_by_key(|e| e.id.parse::<usize>().expect("numeric id"));
-        ids.extend(ok.into_iter().map(|e| e.message_id));
-    }
-    ids
-}
 
 /// Receives (straight from fauxqs, hidden for a minute) until `n` messages are in hand:
 /// (message id, receipt handle) pairs.
@@ -121,7 +96,7 @@ async fn drill_sqs_faults() {
             Plan::AlwaysFail => r#"{"duration_ms":5,"fail":true}"#.to_string(),
         })
         .collect();
-    let ids = send_many(&c, &q, &bodies).await;
+    let ids = send_bodies(&c, &q, &bodies).await;
     let plan_of: HashMap<String, Plan> = ids.iter().cloned().zip(plans.iter().copied()).collect();
     let ids_where = |f: fn(&Plan) -> bool| -> HashSet<String> {
         plan_of
@@ -308,7 +283,7 @@ async fn partial_batch_failures_through_the_proxy_are_not_applied() {
     let c = client();
     let q = create_queue(&c, "partial", &[]).await;
     let bodies: Vec<String> = (0..10).map(|i| format!("{i}ms")).collect();
-    send_many(&c, &q, &bodies).await;
+    send_bodies(&c, &q, &bodies).await;
     let got = receive_all(&c, &q, 10).await;
     let proxy = FaultProxy::start(
         &fauxqs().endpoint,
@@ -535,7 +510,7 @@ async fn drill_agent_faults() {
         let bodies: Vec<String> = (0..15u64)
             .map(|i| format!("{}ms", 10 + (i * 37 + wave * 11) % 400))
             .collect();
-        ids.extend(send_many(&c, &q, &bodies).await);
+        ids.extend(send_bodies(&c, &q, &bodies).await);
         let want = ids.len();
         assert!(
             wait_until(SECS(60), || async { rec.successes() >= want }).await,
@@ -575,7 +550,7 @@ async fn drill_agent_faults() {
     let started_before = rec.seen().len();
     let calls_before = task.calls().len();
     let outage_bodies: Vec<String> = (0..30).map(|i| format!("{}ms", 10 + i)).collect();
-    ids.extend(send_many(&c, &q, &outage_bodies).await);
+    ids.extend(send_bodies(&c, &q, &outage_bodies).await);
     tokio::time::sleep(SECS(4)).await;
     assert_eq!(
         rec.seen().len(),
@@ -615,7 +590,7 @@ async fn drill_agent_faults() {
     task.set_random_fault_mix(0.0, 0, Vec::new());
     task.set_default_reply(Reply::task_not_valid());
     let refusal_bodies: Vec<String> = (0..20).map(|i| format!("{}ms", 5 + i)).collect();
-    ids.extend(send_many(&c, &q, &refusal_bodies).await);
+    ids.extend(send_bodies(&c, &q, &refusal_bodies).await);
     assert!(
         wait_until(SECS(60), || async { rec.successes() >= 110 }).await,
         "phase 3: {} of 110 done",
@@ -760,7 +735,7 @@ async fn returned_messages_are_counted_only_when_sqs_applied_the_change() {
     let c = client();
     let q = create_queue(&c, "returned", &[]).await;
     let bodies: Vec<String> = (0..10).map(|i| format!("{i}ms")).collect();
-    send_many(&c, &q, &bodies).await;
+    send_bodies(&c, &q, &bodies).await;
     let proxy = FaultProxy::start(
         &fauxqs().endpoint,
         FaultConfig::new(5, Shares::only(FaultKind::PartialBatch)),

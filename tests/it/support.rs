@@ -134,19 +134,29 @@ pub async fn queue_with_redrive(c: &aws_sdk_sqs::Client, max_receives: u32) -> (
     (q, dlq)
 }
 
-pub async fn send_bodies(c: &aws_sdk_sqs::Client, url: &str, bodies: &[&str]) -> Vec<String> {
-    let mut ids = Vec::new();
-    for b in bodies {
-        ids.push(
-            c.send_message()
-                .queue_url(url)
-                .message_body(*b)
-                .send()
-                .await
-                .expect("send")
-                .message_id
-                .expect("id"),
-        );
+/// Sends `bodies` with SendMessageBatch, 10 per request; returns the message ids in order.
+pub async fn send_bodies<S: AsRef<str>>(
+    c: &aws_sdk_sqs::Client,
+    url: &str,
+    bodies: &[S],
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(bodies.len());
+    for chunk in bodies.chunks(10) {
+        let mut req = c.send_message_batch().queue_url(url);
+        for (i, b) in chunk.iter().enumerate() {
+            req = req.entries(
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b.as_ref())
+                    .build()
+                    .expect("entry"),
+            );
+        }
+        let out = req.send().await.expect("send batch");
+        assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+        let mut ok = out.successful;
+        ok.sort_by_key(|e| e.id.parse::<usize>().expect("numeric id"));
+        ids.extend(ok.into_iter().map(|e| e.message_id));
     }
     ids
 }
