@@ -20,7 +20,7 @@ while (($#)); do
   case "$1" in
     --protect) protect="${2:?--protect needs before-receive or on-receipt}"; shift 2 ;;
     --protection) protection="${2:?--protection needs agent or off}"; shift 2 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -h | --help) usage; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
 done

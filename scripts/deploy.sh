@@ -8,17 +8,13 @@
 # Needs: copilot on PATH, AWS credentials, a running Docker daemon (Copilot
 # builds the image locally and pushes it to ECR).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 app=queue-worker-demo
 env_name="test"
 name=queue-worker
 profile="${AWS_PROFILE:-default}"
-
-die() {
-    echo "deploy: $*" >&2
-    exit 1
-}
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 while (($#)); do
     case "$1" in
@@ -31,8 +27,7 @@ while (($#)); do
     esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$REPO_ROOT"
 
 command -v copilot >/dev/null 2>&1 ||
     die "copilot not found on PATH; install AWS Copilot v1.33+ (https://aws.github.io/copilot-cli/docs/getting-started/install/)"

@@ -13,3 +13,19 @@ FAUXQS_SERVER="$REPO_ROOT/scripts/fauxqs-server.mjs"
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 # step MESSAGE: one progress line on stdout
 step() { printf '%s: %s\n' "$(basename "$0")" "$*"; }
+# usage: print the calling script's header comment (its help text)
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+# find_worker: print the queue-worker binary to run: $QUEUE_WORKER, else the release build, else
+# queue-worker on PATH
+find_worker() {
+    if [[ -n "${QUEUE_WORKER:-}" ]]; then
+        command -v "$QUEUE_WORKER" >/dev/null 2>&1 || die "QUEUE_WORKER=$QUEUE_WORKER is not executable"
+        echo "$QUEUE_WORKER"
+    elif [[ -x "$REPO_ROOT/target/release/queue-worker" ]]; then
+        echo "$REPO_ROOT/target/release/queue-worker"
+    elif command -v queue-worker >/dev/null 2>&1; then
+        echo queue-worker
+    else
+        die "queue-worker binary not found; run 'cargo build --release' or set QUEUE_WORKER"
+    fi
+}

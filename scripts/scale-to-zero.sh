@@ -12,17 +12,13 @@
 # raise the desired count back to 1 at its next scaling action; run
 # scripts/deploy.sh to return to the manifest's settings afterwards.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 app=queue-worker-demo
 env_name="test"
 name=queue-worker
 extra_args=()
-
-die() {
-    echo "scale-to-zero: $*" >&2
-    exit 1
-}
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 while (($#)); do
     case "$1" in
@@ -35,18 +31,7 @@ while (($#)); do
     esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-if [[ -n "${QUEUE_WORKER:-}" ]]; then
-    command -v "$QUEUE_WORKER" >/dev/null 2>&1 || die "QUEUE_WORKER=$QUEUE_WORKER is not executable"
-    worker="$QUEUE_WORKER"
-elif [[ -x "$ROOT/target/release/queue-worker" ]]; then
-    worker="$ROOT/target/release/queue-worker"
-elif command -v queue-worker >/dev/null 2>&1; then
-    worker=queue-worker
-else
-    die "queue-worker binary not found; run 'cargo build --release' or set QUEUE_WORKER"
-fi
+worker="$(find_worker)"
 
 if command -v aws >/dev/null 2>&1; then
     aws sts get-caller-identity >/dev/null 2>&1 ||

@@ -11,18 +11,14 @@
 # Sending needs kms:GenerateDataKey on the events queue's KMS key, which the key
 # policy leaves to the account's IAM policies (an administrator has it).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 app=queue-worker-demo
 env_name="test"
 name=queue-worker
 queue_url="${QUEUE_URL:-}"
 send_args=()
-
-die() {
-    echo "send-messages: $*" >&2
-    exit 1
-}
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 while (($#)); do
     case "$1" in
@@ -36,20 +32,7 @@ while (($#)); do
     esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-find_worker() {
-    if [[ -n "${QUEUE_WORKER:-}" ]]; then
-        command -v "$QUEUE_WORKER" >/dev/null 2>&1 || die "QUEUE_WORKER=$QUEUE_WORKER is not executable"
-        echo "$QUEUE_WORKER"
-    elif [[ -x "$ROOT/target/release/queue-worker" ]]; then
-        echo "$ROOT/target/release/queue-worker"
-    elif command -v queue-worker >/dev/null 2>&1; then
-        echo queue-worker
-    else
-        die "queue-worker binary not found; run 'cargo build --release' or set QUEUE_WORKER"
-    fi
-}
 worker="$(find_worker)"
 
 if [[ -z "$queue_url" ]]; then
