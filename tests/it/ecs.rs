@@ -120,6 +120,28 @@ async fn run(env: &[(&'static str, String)], args: &[&str]) -> (Option<i32>, Str
     (out.status.code(), stdout, stderr)
 }
 
+/// `queue-worker ecs watch` of one service, polling every 200 ms until `timeout`.
+async fn watch(
+    moto: &Moto,
+    cluster: &str,
+    service: &str,
+    timeout: &str,
+) -> (Option<i32>, String, String) {
+    let args = [
+        "ecs",
+        "watch",
+        "--cluster",
+        cluster,
+        "--service",
+        service,
+        "--interval",
+        "200ms",
+        "--timeout",
+        timeout,
+    ];
+    run(&moto.env(), &args).await
+}
+
 /// A cluster with one task definition; returns (cluster name, task definition ARN).
 async fn cluster(ecs: &aws_sdk_ecs::Client) -> (String, String) {
     let name = unique("cluster");
@@ -270,22 +292,7 @@ async fn watch_by_cluster_and_service_shows_counts_and_tasks() {
         .await
         .expect("run task");
 
-    let (code, out, err) = run(
-        &moto.env(),
-        &[
-            "ecs",
-            "watch",
-            "--cluster",
-            &c,
-            "--service",
-            &svc,
-            "--interval",
-            "200ms",
-            "--timeout",
-            "20s",
-        ],
-    )
-    .await;
+    let (code, out, err) = watch(&moto, &c, &svc, "20s").await;
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains(&format!("watching service {svc} in cluster {c}")),
@@ -318,22 +325,7 @@ async fn watch_gives_up_at_the_timeout_when_the_service_is_not_steady() {
     // moto never starts tasks: running 0, pending 2 for ever.
     let svc = service(&ecs, &c, &td, 2, None).await;
     let started = Instant::now();
-    let (code, out, err) = run(
-        &moto.env(),
-        &[
-            "ecs",
-            "watch",
-            "--cluster",
-            &c,
-            "--service",
-            &svc,
-            "--interval",
-            "200ms",
-            "--timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let (code, out, err) = watch(&moto, &c, &svc, "1s").await;
     assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(out.contains("running 0 / desired 2 / pending 2"), "{out}");
