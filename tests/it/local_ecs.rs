@@ -125,6 +125,20 @@ impl Fleet {
             .count()
     }
 
+    /// Waits (bounded) until `n` workers have logged "worker started".
+    async fn wait_started(&self, n: usize) {
+        let started = || {
+            self.log_lines()
+                .iter()
+                .filter(|(_, v)| v["message"] == "worker started")
+                .count()
+        };
+        assert!(
+            wait_until(SECS(20), || async { started() == n }).await,
+            "{n} workers start"
+        );
+    }
+
     /// Tasks that are running the job of `duration_ms`.
     fn running_jobs_of(&self, duration_ms: u64) -> Vec<u32> {
         let needle = format!("working for {duration_ms} ms");
@@ -179,17 +193,7 @@ async fn scale_to_zero_waits_for_long_jobs_and_loses_nothing() {
     let c = client();
     let q = create_queue(&c, "e2e-scale", &[]).await;
     let f = fleet(2, &q, &[]).await;
-    assert!(
-        wait_until(SECS(20), || async {
-            f.log_lines()
-                .iter()
-                .filter(|(_, v)| v["message"] == "worker started")
-                .count()
-                == 2
-        })
-        .await,
-        "both workers start"
-    );
+    f.wait_started(2).await;
     let mut bodies = vec!["6s"; 2];
     bodies.extend(["200ms"; 8]);
     let ids = send_bodies(&c, &q, &bodies).await;
@@ -257,17 +261,7 @@ async fn idle_scale_in(mode: &str) -> Duration {
         ],
     )
     .await;
-    assert!(
-        wait_until(SECS(20), || async {
-            f.log_lines()
-                .iter()
-                .filter(|(_, v)| v["message"] == "worker started")
-                .count()
-                == 2
-        })
-        .await,
-        "both workers start"
-    );
+    f.wait_started(2).await;
     // Let them settle into their idle rhythm.
     tokio::time::sleep(SECS(3)).await;
     f.control.set_desired(0);
@@ -362,17 +356,7 @@ async fn deploy_replaces_tasks_without_interrupting_jobs() {
     let c = client();
     let q = create_queue(&c, "e2e-deploy", &[]).await;
     let f = fleet(2, &q, &[("WORKER_PROTECT", "on-receipt")]).await;
-    assert!(
-        wait_until(SECS(20), || async {
-            f.log_lines()
-                .iter()
-                .filter(|(_, v)| v["message"] == "worker started")
-                .count()
-                == 2
-        })
-        .await,
-        "both workers start"
-    );
+    f.wait_started(2).await;
     let mut bodies = vec!["5s"; 2];
     bodies.extend(["100ms"; 6]);
     let ids = send_bodies(&c, &q, &bodies).await;
