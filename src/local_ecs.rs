@@ -472,6 +472,13 @@ impl Inner {
         st.events.push(Event { at, kind, text });
     }
 
+    /// A task that could not be started: its agent endpoint goes, an event says why.
+    fn failed_to_start(&self, st: &mut Sched, endpoint: &TaskEndpoint, n: u32, error: String) {
+        self.double.remove_task(endpoint);
+        let text = format!("task {n} failed to start: {error}");
+        self.event(st, EventKind::TaskFailedToStart { error }, text);
+    }
+
     fn start_task(&self, st: &mut Sched) {
         let n = st.next_task;
         st.next_task += 1;
@@ -503,17 +510,7 @@ impl Inner {
                     Ok((out, err)) => {
                         cmd.stdout(out).stderr(err);
                     }
-                    Err(error) => {
-                        self.double.remove_task(&endpoint);
-                        self.event(
-                            st,
-                            EventKind::TaskFailedToStart {
-                                error: error.clone(),
-                            },
-                            format!("task {n} failed to start: {error}"),
-                        );
-                        return;
-                    }
+                    Err(error) => return self.failed_to_start(st, &endpoint, n, error),
                 }
             }
             None => {
@@ -524,16 +521,8 @@ impl Inner {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                self.double.remove_task(&endpoint);
                 let error = format!("cannot run {}: {e}", spec.program.display());
-                self.event(
-                    st,
-                    EventKind::TaskFailedToStart {
-                        error: error.clone(),
-                    },
-                    format!("task {n} failed to start: {error}"),
-                );
-                return;
+                return self.failed_to_start(st, &endpoint, n, error);
             }
         };
         if to_copy {
