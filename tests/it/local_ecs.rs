@@ -19,23 +19,33 @@ use crate::support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-struct Fleet {
-    ecs: LocalEcs,
-    control: Control,
-    logs: PathBuf,
+pub(crate) struct Fleet {
+    pub(crate) ecs: LocalEcs,
+    pub(crate) control: Control,
+    pub(crate) logs: PathBuf,
     /// Wall clock when the service started (timeline events are relative to it).
     t0: SystemTime,
 }
 
 /// Starts `tasks` workers on `queue` with short timings; `env` overrides.
 async fn fleet(tasks: usize, queue: &str, env: &[(&str, &str)]) -> Fleet {
+    fleet_with(tasks, queue, env, Echo::Stderr).await
+}
+
+/// [`fleet`], with the timeline echoed as `echo` says (the soak keeps it quiet).
+pub(crate) async fn fleet_with(
+    tasks: usize,
+    queue: &str,
+    env: &[(&str, &str)],
+    echo: Echo,
+) -> Fleet {
     let logs = std::env::temp_dir().join(unique("local-ecs-logs"));
     let mut spec = ServiceSpec::new(worker_bin(), vec![OsString::from("run")]);
     spec.desired = tasks;
     spec.stop_timeout = SECS(10);
     spec.reconcile_every = Duration::from_millis(250);
     spec.log_dir = Some(logs.clone());
-    spec.echo = Echo::Stderr;
+    spec.echo = echo;
     let mut all: Vec<(String, String)> = aws_env()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -27,7 +27,6 @@
 //! logged delete or visibility failure or a SIGKILLed task, or the soak fails.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsString;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,10 +34,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use queue_worker::local_ecs::{Echo, EventKind, LocalEcs, ServiceSpec};
+use queue_worker::local_ecs::{Echo, EventKind};
 use serde_json::{json, Value};
 
 use crate::drills_process::{drain_all, json_lines, message_id, Outcomes};
+use crate::local_ecs::fleet_with;
 use crate::support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -150,41 +150,23 @@ async fn soak() {
     let c = client();
     let (q, dlq) = queue_with_redrive(&c, MAX_RECEIVES).await;
 
-    // The fleet.
-    let logs = std::env::temp_dir().join(unique("soak-logs"));
-    let mut spec = ServiceSpec::new(worker_bin(), vec![OsString::from("run")]);
-    spec.desired = tasks;
-    spec.stop_timeout = SECS(10);
-    spec.reconcile_every = Duration::from_millis(250);
-    spec.log_dir = Some(logs.clone());
-    spec.echo = Echo::Off;
-    let mut env: Vec<(String, String)> = aws_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    for (k, v) in [
-        ("QUEUE_URL", q.as_str()),
-        ("RUST_LOG", "info"),
-        ("WORKER_LOG_FORMAT", "json"),
-        ("WORKER_CONCURRENCY", "20"),
-        ("WORKER_PROTECTION", "agent"),
-        ("WORKER_PROTECT", "before-receive"),
-        ("WORKER_PROTECTION_DURATION", "1m"),
-        ("WORKER_WAIT_TIME", "1s"),
-        ("WORKER_IDLE_WINDOW", "1s"),
-        ("WORKER_SHUTDOWN_TIMEOUT", "1s"),
-        ("WORKER_RETRY_BASE", "200ms"),
-        ("WORKER_RETRY_MAX", "1s"),
-        ("WORKER_VISIBILITY_TIMEOUT", "10s"),
-    ] {
-        env.push((k.to_owned(), v.to_owned()));
-    }
-    spec.env = env
-        .into_iter()
-        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-        .collect();
-    let ecs = LocalEcs::start(spec).await.expect("local-ecs starts");
-    let control = ecs.control();
+    // The fleet: local-ecs's test fleet with the soak's own timings.
+    let fleet = fleet_with(
+        tasks,
+        &q,
+        &[
+            ("WORKER_CONCURRENCY", "20"),
+            // The worker's default (10 % of the 1m duration): the soak keeps normal hold times.
+            ("WORKER_PROTECTION_MIN_HOLD", "6s"),
+            ("WORKER_WAIT_TIME", "1s"),
+            ("WORKER_RETRY_BASE", "200ms"),
+            ("WORKER_RETRY_MAX", "1s"),
+            ("WORKER_VISIBILITY_TIMEOUT", "10s"),
+        ],
+        Echo::Off,
+    )
+    .await;
+    let (ecs, control, logs) = (fleet.ecs, fleet.control, fleet.logs);
 
     // The sender: 4 batches of 10 in flight at a time.
     let sent_count = Arc::new(AtomicUsize::new(0));
