@@ -111,18 +111,18 @@ impl Health {
                 4 => ("idle", Some(self.idle_limit)),
                 _ => ("stopping", None),
             };
-            let which = if self.beats.len() > 1 {
-                format!(" (queue {})", slot + 1)
-            } else {
-                String::new()
-            };
             match limit {
                 Some(limit) if stuck_for > limit => {
+                    let which = if self.beats.len() > 1 {
+                        format!(" (queue {})", slot + 1)
+                    } else {
+                        String::new()
+                    };
                     return Err(format!(
                         "poll loop{which} {name} for {}s (limit {}s)",
                         stuck_for.as_secs(),
                         limit.as_secs()
-                    ))
+                    ));
                 }
                 _ => {}
             }
