@@ -165,8 +165,9 @@ pub struct RunArgs {
     #[arg(long, env = "WORKER_PROTECTION", default_value = "auto")]
     pub protection: String,
 
-    /// When to take protection: before-receive (hold it for every receive, release when idle) or
-    /// on-receipt (poll unprotected while idle, protect as soon as messages arrive).
+    /// When to take protection: before-receive (hold it for every receive while work flows; once
+    /// idle, release and poll unprotected until messages arrive) or on-receipt (poll unprotected
+    /// whenever no job runs, protect as soon as messages arrive).
     #[arg(long, env = "WORKER_PROTECT", default_value = "before-receive")]
     pub protect: String,
 

@@ -384,6 +384,11 @@ async fn poll_loop<H: Handler>(
     // With several queues, a poller whose queue was empty asks for one message at a time, so a
     // quiet queue's long poll ties up one job slot instead of ten.
     let mut quiet = false;
+    // before-receive: after an idle release (and its window) the poller long-polls unprotected
+    // until messages arrive, then protects before any job starts, as on-receipt does. Re-taking
+    // protection for every empty poll would cost agent calls and keep an idle task protected most
+    // of the time, so ECS could stop it only inside the idle windows.
+    let mut idle_unprotected = false;
 
     let health = &shared.health;
     loop {
@@ -408,7 +413,8 @@ async fn poll_loop<H: Handler>(
             break;
         }
         let busy = shared.running.load(Ordering::Acquire) > 0;
-        if protector.is_enabled() && (mode == ProtectMode::BeforeReceive || busy) {
+        let protect_receive = busy || (mode == ProtectMode::BeforeReceive && !idle_unprotected);
+        if protector.is_enabled() && protect_receive {
             if mode == ProtectMode::BeforeReceive && !demand.wait_not_idle(slot, &shutdown).await {
                 break;
             }
@@ -469,7 +475,7 @@ async fn poll_loop<H: Handler>(
         if messages.is_empty() {
             drop(permits);
             if shared.running.load(Ordering::Acquire) == 0 && protector.is_enabled() {
-                if mode == ProtectMode::BeforeReceive {
+                if mode == ProtectMode::BeforeReceive && !idle_unprotected {
                     health.set_for(slot, Phase::Idle);
                     // Idle: release (together with the other pollers), then stay unprotected
                     // for the idle window so that ECS can stop this task.
@@ -479,6 +485,7 @@ async fn poll_loop<H: Handler>(
                     {
                         break;
                     }
+                    idle_unprotected = true;
                 } else {
                     demand.release(slot);
                 }
@@ -486,7 +493,9 @@ async fn poll_loop<H: Handler>(
             continue;
         }
 
-        if mode == ProtectMode::OnReceipt && protector.is_enabled() {
+        // Work again: the next idle spell starts with a release (and its window) once more.
+        idle_unprotected = false;
+        if (mode == ProtectMode::OnReceipt || !protect_receive) && protector.is_enabled() {
             let until = Instant::now() + COVER_MARGIN;
             demand.hold(slot, until);
             let wait = tokio::time::timeout(

@@ -182,6 +182,15 @@ async fn protection_is_held_during_every_job_and_released_when_idle() {
         .await,
         "idle: released"
     );
+    // After the release and its 1 s window, polls (1 s each) go on unprotected: no agent calls.
+    let n = task.calls().len();
+    tokio::time::sleep(SECS(4)).await;
+    assert_eq!(
+        task.calls().len(),
+        n,
+        "no protection calls while idle: {:?}",
+        task.calls()
+    );
     let bodies = ["300ms", "1s", "50ms", "2s", "10ms"];
     send_bodies(&c, &q, &bodies).await;
     assert!(wait_until(SECS(20), || async { rec.successes() == bodies.len() }).await);
@@ -195,6 +204,9 @@ async fn protection_is_held_during_every_job_and_released_when_idle() {
         "released once idle"
     );
     let released_at = SystemTime::now();
+    let n = task.calls().len();
+    tokio::time::sleep(SECS(4)).await;
+    assert_eq!(task.calls().len(), n, "no protection calls once idle again");
     let snap = w.stop().await;
     assert_eq!(snap.jobs_succeeded, bodies.len() as u64);
     let calls = task.calls();
