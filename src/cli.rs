@@ -65,8 +65,20 @@ pub struct HealthArgs {
 /// Loads AWS settings the standard way (env, profile, container credentials, `AWS_ENDPOINT_URL`).
 pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http_client())
         .load()
         .await
+}
+
+/// The HTTP(S) client of every AWS SDK call: hyper with rustls on ring (see Cargo.toml for why
+/// not the SDK's default). Clients built by hand (`Config::builder()`) need it too.
+pub fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
 /// Builds the protection actor the settings ask for.

@@ -70,6 +70,7 @@ impl Moto {
                 .region(Region::new("us-east-1"))
                 .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
                 .endpoint_url(&self.endpoint)
+                .http_client(queue_worker::cli::http_client())
                 .build(),
         )
     }

@@ -73,6 +73,7 @@ pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::Config {
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .endpoint_url(endpoint)
+        .http_client(queue_worker::cli::http_client())
         .build()
 }
 
