@@ -2,8 +2,9 @@
 """The benchmark driver behind scripts/bench.sh (stdlib only; loopback only).
 
 On one fauxqs instance it measures queue-worker against sqs-consumer (handleMessage and
-handleMessageBatch modes) on zero-length jobs, then queue-worker alone on 200 ms jobs, then the
-idle cost of queue-worker in both protection modes. Prints a table and writes JSON.
+handleMessageBatch modes) on zero-length jobs, then queue-worker alone on 200 ms jobs; meanwhile,
+on queues of their own, two idle queue-workers (one per protection mode) give the idle cost.
+Prints a table and writes JSON.
 
 Measurements, per consumer run (a fresh queue each time, preloaded before the consumer starts):
 - drain window: from the first poll that sees fewer than N visible messages to the first poll that
@@ -12,8 +13,8 @@ Measurements, per consumer run (a fresh queue each time, preloaded before the co
 - CPU: utime+stime of the consumer from /proc/<pid>/stat, over the drain window (and from spawn);
 - peak RSS: VmHWM from /proc/<pid>/status, read until the consumer has exited (ru_maxrss is
   polluted by the driver's own RSS at spawn);
-- SQS requests: fauxqs's own counters (/_fauxqs/stats, reset before the consumer starts, read
-  after it exits), cross-checked with the worker's `sqs_requests` from its "worker stopped" line;
+- SQS requests: fauxqs's own counters for the run's queue (/_fauxqs/stats, read before the
+  consumer starts and after it exits), cross-checked with the worker's `sqs_requests` from its "worker stopped" line;
 - protection calls: the agent double's call log;
 - duplicates: queue-worker's JSON log ("done" events, keyed by the job span's
   message_id); sqs-consumer's own count of message ids (printed at exit);
@@ -151,8 +152,10 @@ class Fauxqs:
                 )
         raise SystemExit(f"bench: queue {name} vanished")
 
-    def stats(self, reset=False):
-        return self.get("/_fauxqs/stats" + ("?reset=1" if reset else ""))
+    def queue_ops(self, name):
+        """fauxqs's own count of SQS requests naming this queue, by operation (never reset, so
+        runs on other queues, such as the idle workers running alongside, do not disturb it)."""
+        return dict(self.get("/_fauxqs/stats").get("queues", {}).get(name, {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,11 +215,9 @@ SQS_OPS = ("ReceiveMessage", "DeleteMessage", "DeleteMessageBatch", "ChangeMessa
            "ChangeMessageVisibilityBatch", "GetQueueAttributes")
 
 
-def by_op(stats):
-    out = {}
-    for k, v in stats["requests"].items():
-        out[k.split(":", 1)[1]] = v
-    return out
+def ops_since(before, after):
+    """Requests by operation between two snapshots of one queue's counters."""
+    return {op: n - before.get(op, 0) for op, n in after.items() if n - before.get(op, 0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         if time.monotonic() > t_wait:
             raise SystemExit(f"bench: preload of {name} incomplete: {fq.depth(name)}")
         time.sleep(0.05)
-    fq.stats(reset=True)
+    before = fq.queue_ops(name)
 
     agent = None
     penv = dict(env, QUEUE_URL=url)
@@ -284,18 +285,18 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
             stop_and_reap(proc)
             raise SystemExit(f"bench: {kind} did not drain {n} messages in {timeout} s; see {logpath}")
         time.sleep(POLL_S)
-    stats_at_drain = fq.stats()
+    ops_at_drain = ops_since(before, fq.queue_ops(name))
     t_term = time.monotonic()
     rc, ru, peak = stop_and_reap(proc, hwm=hwm)
     t_exit = time.monotonic()
-    stats_at_exit = fq.stats()
+    ops = ops_since(before, fq.queue_ops(name))
+    total = sum(ops.values())
     errf.close()
     consumer_out = proc.stdout.read() if proc.stdout else None
     agent_calls = agent.finish() if agent else None
     fq.delete_queue(url)
 
     window = max(t_drained - t_first, 1e-9)
-    ops = by_op(stats_at_exit)
     res = {
         "kind": kind,
         "messages": n,
@@ -312,9 +313,9 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         "peak_rss_kb": peak,
         "vm_hwm_kb_at_drain": hwm,
         "ru_maxrss_kb_not_used": ru.ru_maxrss if ru else None,
-        "sqs_requests": stats_at_exit["total"],
-        "sqs_requests_at_drain": stats_at_drain["total"],
-        "sqs_requests_per_1000": round(stats_at_exit["total"] * 1000 / n, 1),
+        "sqs_requests": total,
+        "sqs_requests_at_drain": sum(ops_at_drain.values()),
+        "sqs_requests_per_1000": round(total * 1000 / n, 1),
         "sqs_by_op": ops,
         "fauxqs_cpu_share": round((fq_drained - fq_first) / window, 3),
         "log": os.path.relpath(logpath),
@@ -326,7 +327,7 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         # the worker does not count its start-up GetQueueAttributes; fauxqs does
         res["sqs_count_mismatch"] = (
             None if line.get("sqs_requests") is None
-            else stats_at_exit["total"] - ops.get("GetQueueAttributes", 0) - line["sqs_requests"]
+            else total - ops.get("GetQueueAttributes", 0) - line["sqs_requests"]
         )
         # no per-job lines (e.g. RUST_LOG=warn): duplicates unknown
         res["handled"] = wl["received"] or None
@@ -355,52 +356,61 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
 # idle
 
 
-def idle(args, fq, env, mode):
-    name = f"bench-idle-{mode}-{int(time.time() * 1000) % 10**9}"
-    url = fq.create_queue(name)
-    fq.stats(reset=True)
-    agent = AgentDouble(args.agent_bin)
-    penv = dict(env, QUEUE_URL=url, WORKER_LOG_FORMAT="json", WORKER_PROTECTION="agent",
-                WORKER_PROTECT=mode, WORKER_CONCURRENCY=str(args.concurrency), **agent.env)
-    logpath = os.path.join(args.out_dir, f"worker-{name}.log")
-    errf = open(logpath, "w")
-    t0_wall = time.time()
-    proc = subprocess.Popen([args.worker_bin, "run"], env=penv, stdout=subprocess.DEVNULL, stderr=errf)
-    time.sleep(args.idle_seconds)
-    if proc.poll() is not None:
-        raise SystemExit(f"bench: idle worker exited early; see {logpath}")
-    t_term_wall = time.time()
-    stats = fq.stats()
-    stop_and_reap(proc)
-    errf.close()
-    calls = agent.finish()
-    fq.delete_queue(url)
-    ops = by_op(stats)
-    minutes = args.idle_seconds / 60
-    during = [c for c in calls["log"] if c["at_ms"] <= t_term_wall * 1000]
-    first_release = next((i for i, c in enumerate(during) if c["method"] == "PUT" and c["enabled"] is False), None)
-    after_release = len(during) - first_release - 1 if first_release is not None else None
-    res = {
-        "mode": mode,
-        "seconds": args.idle_seconds,
-        "receives": ops.get("ReceiveMessage", 0),
-        "receives_per_min": round(ops.get("ReceiveMessage", 0) / minutes, 2),
-        "sqs_requests_per_min": round(stats["total"] / minutes, 2),
-        "sqs_by_op": ops,
-        "protection_calls": len(during),
-        "protection_calls_per_min": round(len(during) / minutes, 2),
-        "protection_calls_after_first_release": after_release,
-        "protection_log_ms": [
-            {"t_ms": c["at_ms"] - int(t0_wall * 1000), "method": c["method"], "enabled": c["enabled"]}
-            for c in calls["log"]
-        ],
-        "log": os.path.relpath(logpath),
-    }
-    log(
-        f"idle {mode:15}: {res['receives_per_min']} receives/min, {res['protection_calls']} protection calls "
-        f"({after_release} after the first release) in {args.idle_seconds} s"
-    )
-    return res
+class Idle:
+    """One queue-worker on an empty queue of its own, with its own agent double. The idle workers
+    run alongside the drains (a long poll every 20 s costs nothing measurable, and their requests
+    are counted on their own queues), so the idle minute adds no time to the benchmark."""
+
+    def __init__(self, args, fq, env, mode):
+        self.args, self.fq, self.mode = args, fq, mode
+        self.name = f"bench-idle-{mode}-{int(time.time() * 1000) % 10**9}"
+        self.url = fq.create_queue(self.name)
+        self.before = fq.queue_ops(self.name)  # the CreateQueue above is the bench's, not the worker's
+        self.agent = AgentDouble(args.agent_bin)
+        penv = dict(env, QUEUE_URL=self.url, WORKER_LOG_FORMAT="json", WORKER_PROTECTION="agent",
+                    WORKER_PROTECT=mode, WORKER_CONCURRENCY=str(args.concurrency), **self.agent.env)
+        self.logpath = os.path.join(args.out_dir, f"worker-{self.name}.log")
+        self.errf = open(self.logpath, "w")
+        self.t0_wall = time.time()
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen([args.worker_bin, "run"], env=penv, stdout=subprocess.DEVNULL,
+                                     stderr=self.errf)
+
+    def finish(self):
+        if self.proc.poll() is not None:
+            raise SystemExit(f"bench: idle worker exited early; see {self.logpath}")
+        seconds = time.monotonic() - self.t0
+        t_term_wall = time.time()
+        ops = ops_since(self.before, self.fq.queue_ops(self.name))
+        stop_and_reap(self.proc)
+        self.errf.close()
+        calls = self.agent.finish()
+        self.fq.delete_queue(self.url)
+        minutes = seconds / 60
+        during = [c for c in calls["log"] if c["at_ms"] <= t_term_wall * 1000]
+        first_release = next((i for i, c in enumerate(during) if c["method"] == "PUT" and c["enabled"] is False), None)
+        after_release = len(during) - first_release - 1 if first_release is not None else None
+        res = {
+            "mode": self.mode,
+            "seconds": round(seconds, 1),
+            "receives": ops.get("ReceiveMessage", 0),
+            "receives_per_min": round(ops.get("ReceiveMessage", 0) / minutes, 2),
+            "sqs_requests_per_min": round(sum(ops.values()) / minutes, 2),
+            "sqs_by_op": ops,
+            "protection_calls": len(during),
+            "protection_calls_per_min": round(len(during) / minutes, 2),
+            "protection_calls_after_first_release": after_release,
+            "protection_log_ms": [
+                {"t_ms": c["at_ms"] - int(self.t0_wall * 1000), "method": c["method"], "enabled": c["enabled"]}
+                for c in calls["log"]
+            ],
+            "log": os.path.relpath(self.logpath),
+        }
+        log(
+            f"idle {self.mode:15}: {res['receives_per_min']} receives/min, {res['protection_calls']} protection calls "
+            f"({after_release} after the first release) in {res['seconds']:.0f} s"
+        )
+        return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,7 +503,11 @@ def main():
         "settings": {k: getattr(args, k) for k in ("runs", "messages", "concurrency", "delete_linger", "worker_env",
                                                     "slow_messages", "slow_ms", "idle_seconds")},
     }
+    idlers = []
     try:
+        if "idle" not in skip:
+            idlers = [Idle(args, fq, env, m) for m in ("before-receive", "on-receipt")]
+            idle_since = time.monotonic()
         if "compare" not in skip:
             kinds = args.kinds.split(",")
             rows = {k: [] for k in kinds}
@@ -509,9 +523,16 @@ def main():
             result["slow"] = {"runs": rows, "median": med, "ideal_s": ideal,
                               "wall_over_ideal": round(med["wall_s"] / ideal, 3),
                               "drain_over_ideal": round(med["drain_s"] / ideal, 3)}
-        if "idle" not in skip:
-            result["idle"] = [idle(args, fq, env, m) for m in ("before-receive", "on-receipt")]
+        if idlers:
+            left = args.idle_seconds - (time.monotonic() - idle_since)
+            if left > 0:
+                log(f"idle workers: {left:.0f} s more to their {args.idle_seconds:.0f} s")
+                time.sleep(left)
+            result["idle"] = [i.finish() for i in idlers]
+            idlers = []
     finally:
+        for i in idlers:  # a drain failed: do not leave them running
+            stop_and_reap(i.proc, timeout=5)
         fq.close()
     result["bench_seconds"] = round(time.monotonic() - started, 1)
 
@@ -552,7 +573,8 @@ def report(result):
         )
         out.append("")
     if "idle" in result:
-        out.append(f"Idle ({s['idle_seconds']:.0f} s, empty queue):")
+        secs = min(i["seconds"] for i in result["idle"])
+        out.append(f"Idle (at least {secs:.0f} s on an empty queue, alongside the runs above):")
         out.append("| WORKER_PROTECT | receives/min | SQS requests/min | protection calls | after first release |")
         out.append("|---|---:|---:|---:|---:|")
         for i in result["idle"]:

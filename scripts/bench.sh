@@ -2,7 +2,7 @@
 # The benchmark (issue 6): queue-worker against sqs-consumer on one fauxqs instance, loopback only.
 #
 #   scripts/bench.sh               full run: 20,000 zero-length jobs x 3 runs, 200 ms scenario,
-#                                  60 s idle per protection mode (about 6-8 minutes)
+#                                  idle workers alongside (about 2-3 minutes)
 #   scripts/bench.sh --quick       smoke run: 2,000 jobs, 1 run, 20 s idle (about a minute)
 #   scripts/bench.sh [--runs N] [--messages N] [--concurrency N] [--idle-seconds S]
 #                    [--delete-linger 20ms] [--worker-env KEY=VALUE]... [--skip compare,slow,idle]
@@ -30,24 +30,43 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found (the driver needs o
 python3 -c 'import os, sys; sys.exit(0 if hasattr(os, "wait4") and sys.version_info >= (3, 9) else 1)' \
   || die "python3 >= 3.9 is needed (os.wait4, os.waitstatus_to_exitcode)"
 
-bash scripts/setup.sh
-
-# sqs-consumer, exactly as locked in bench/package-lock.json
 BENCH_HOME="$TOOLS_DIR/bench"
-want="$(cat bench/package.json bench/package-lock.json | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$BENCH_HOME/.installed" 2>/dev/null)" != "$want" ] || [ ! -d "$BENCH_HOME/node_modules/sqs-consumer" ]; then
-  step "installing sqs-consumer into ${BENCH_HOME#"$REPO_ROOT"/} with npm ci"
-  mkdir -p "$BENCH_HOME"
-  cp bench/package.json bench/package-lock.json "$BENCH_HOME/"
-  ( cd "$BENCH_HOME" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error ) \
-    || die "npm ci failed in $BENCH_HOME (see npm's messages above)"
-  echo "$want" >"$BENCH_HOME/.installed"
-fi
-# ES modules resolve packages from the script's own folder: run a copy that sits beside node_modules.
-cp bench/sqs-consumer.mjs "$BENCH_HOME/sqs-consumer.mjs"
+install_tools() {
+  bash scripts/setup.sh
+  # sqs-consumer, exactly as locked in bench/package-lock.json
+  local want
+  want="$(cat bench/package.json bench/package-lock.json | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$BENCH_HOME/.installed" 2>/dev/null)" != "$want" ] || [ ! -d "$BENCH_HOME/node_modules/sqs-consumer" ]; then
+    step "installing sqs-consumer into ${BENCH_HOME#"$REPO_ROOT"/} with npm ci"
+    mkdir -p "$BENCH_HOME"
+    cp bench/package.json bench/package-lock.json "$BENCH_HOME/"
+    ( cd "$BENCH_HOME" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error ) \
+      || die "npm ci failed in $BENCH_HOME (see npm's messages above)"
+    echo "$want" >"$BENCH_HOME/.installed"
+  fi
+  # ES modules resolve packages from the script's own folder: run a copy beside node_modules.
+  cp bench/sqs-consumer.mjs "$BENCH_HOME/sqs-consumer.mjs"
+}
+
+# The installs wait on the network and the build on the CPU: do both at once (on a fresh clone
+# this saves the minute and a half the installs take). The installs' output goes to a log,
+# shown if they fail.
+mkdir -p "$RUN_DIR"
+tools_log="$RUN_DIR/bench-setup.log"
+step "installing Node 22, fauxqs and sqs-consumer in the background (log: ${tools_log#"$REPO_ROOT"/})"
+install_tools >"$tools_log" 2>&1 &
+tools_pid=$!
 
 step "cargo build --release (queue-worker and the agent-double example)"
-cargo build --release --locked --bin queue-worker --example agent-double
+if ! cargo build --release --locked --bin queue-worker --example agent-double; then
+  wait "$tools_pid" || true
+  die "cargo build --release failed (see cargo's messages above)"
+fi
+if ! wait "$tools_pid"; then
+  cat "$tools_log" >&2
+  die "installing the benchmark's tools failed (their output is above)"
+fi
+step "tools installed"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$RUN_DIR/bench" bench/results

@@ -11,8 +11,10 @@
 // - exits on SIGTERM, SIGINT, SIGHUP, and when stdin reaches EOF (so a test that dies, closing
 //   the pipe, never leaves it running); --no-stdin-watch disables the latter (for a daemon
 //   started with stdin on /dev/null);
-// - request counters: GET /_fauxqs/stats -> {"total":N,"requests":{"sqs:SendMessage":N,...}};
-//   GET /_fauxqs/stats?reset=1 returns them and sets them back to zero.
+// - request counters: GET /_fauxqs/stats -> {"total":N,"requests":{"sqs:SendMessage":N,...},
+//   "queues":{"<queue name>":{"ReceiveMessage":N,...}}} (SQS requests by the queue they name, so
+//   runs on different queues can be counted apart); GET /_fauxqs/stats?reset=1 returns them and
+//   sets them back to zero.
 //
 // fauxqs is found in $FAUXQS_DIR, else <repo>/.tools/fauxqs/node_modules/fauxqs.
 
@@ -86,6 +88,7 @@ const app = buildApp({
 
 // request counters, for cross-checking a benchmark's own counts
 let counts = Object.create(null);
+let perQueue = Object.create(null);
 let total = 0;
 let since = new Date().toISOString();
 app.addHook("preHandler", (request, _reply, done) => {
@@ -96,14 +99,22 @@ app.addHook("preHandler", (request, _reply, done) => {
       : `sns:${request.body?.Action ?? "?"}`;
     counts[key] = (counts[key] ?? 0) + 1;
     total++;
+    if (target) {
+      const url = request.body?.QueueUrl;
+      const queue = typeof url === "string" ? url.slice(url.lastIndexOf("/") + 1) : (request.body?.QueueName ?? "-");
+      const op = key.slice(4);
+      const q = (perQueue[queue] ??= Object.create(null));
+      q[op] = (q[op] ?? 0) + 1;
+    }
   }
   done();
 });
 app.get("/_fauxqs/stats", async (request) => {
-  const out = { since, total, requests: counts };
+  const out = { since, total, requests: counts, queues: perQueue };
   const reset = request.query?.reset;
   if (reset !== undefined && reset !== "0" && reset !== "false") {
     counts = Object.create(null);
+    perQueue = Object.create(null);
     total = 0;
     since = new Date().toISOString();
   }
