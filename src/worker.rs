@@ -684,13 +684,21 @@ async fn run_job<H: Handler>(
                 tracing::error!("deleter already stopped; the message will be delivered again");
             }
         }
+        // The failure paths await SDK calls, whose futures are several kilobytes: boxed, they
+        // stay out of every job's future, which tokio would otherwise copy at each spawn.
         Ending::Done(Outcome::Retry { reason, delay }) => {
             Stats::add(&stats.jobs_failed, 1);
-            settle_failure(&shared, queue, &msg, &reason, delay, false, elapsed_ms).await;
+            Box::pin(settle_failure(
+                &shared, queue, &msg, &reason, delay, false, elapsed_ms,
+            ))
+            .await;
         }
         Ending::Done(Outcome::Permanent { reason }) => {
             Stats::add(&stats.jobs_failed, 1);
-            settle_failure(&shared, queue, &msg, &reason, None, true, elapsed_ms).await;
+            Box::pin(settle_failure(
+                &shared, queue, &msg, &reason, None, true, elapsed_ms,
+            ))
+            .await;
         }
         Ending::Cancelled => {
             Stats::add(&stats.jobs_cancelled, 1);
@@ -698,10 +706,7 @@ async fn run_job<H: Handler>(
                 elapsed_ms,
                 "cancelled at the shutdown deadline; returning the message to the queue now"
             );
-            shared
-                .sqs
-                .return_now(queue_url, std::slice::from_ref(&msg))
-                .await;
+            Box::pin(shared.sqs.return_now(queue_url, std::slice::from_ref(&msg))).await;
         }
     }
     shared.running.fetch_sub(1, Ordering::AcqRel);
