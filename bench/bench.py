@@ -30,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -356,16 +357,21 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
 # idle
 
 
+IDLE_SETTLE_S = 10  # start-up (GetQueueAttributes, first poll) is not idle cost
+
+
 class Idle:
     """One queue-worker on an empty queue of its own, with its own agent double. The idle workers
     run alongside the drains (a long poll every 20 s costs nothing measurable, and their requests
-    are counted on their own queues), so the idle minute adds no time to the benchmark."""
+    are counted on their own queues), so the idle minute adds no time to the benchmark.
+
+    Rates are taken over whole minutes from IDLE_SETTLE_S after start: counting from the start
+    would add the start-up requests and a fencepost poll (7 polls of 20 s begin within 123 s)."""
 
     def __init__(self, args, fq, env, mode):
         self.args, self.fq, self.mode = args, fq, mode
         self.name = f"bench-idle-{mode}-{int(time.time() * 1000) % 10**9}"
         self.url = fq.create_queue(self.name)
-        self.before = fq.queue_ops(self.name)  # the CreateQueue above is the bench's, not the worker's
         self.agent = AgentDouble(args.agent_bin)
         penv = dict(env, QUEUE_URL=self.url, WORKER_LOG_FORMAT="json", WORKER_PROTECTION="agent",
                     WORKER_PROTECT=mode, WORKER_CONCURRENCY=str(args.concurrency), **self.agent.env)
@@ -375,30 +381,52 @@ class Idle:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen([args.worker_bin, "run"], env=penv, stdout=subprocess.DEVNULL,
                                      stderr=self.errf)
+        # (wall time, this queue's counters) at IDLE_SETTLE_S and every minute after it
+        self.marks = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._mark_minutes, daemon=True)
+        self.thread.start()
+
+    def _mark_minutes(self):
+        due = self.t0 + IDLE_SETTLE_S
+        while not self.done.wait(max(0.0, due - time.monotonic())):
+            self.marks.append((time.time(), self.fq.queue_ops(self.name)))
+            due += 60
+
+    def ready_at(self):
+        """Monotonic time by which at least `idle_seconds` (whole minutes) have been marked."""
+        minutes = max(1, -(-int(self.args.idle_seconds) // 60))
+        return self.t0 + IDLE_SETTLE_S + minutes * 60 + 0.5
 
     def finish(self):
         if self.proc.poll() is not None:
             raise SystemExit(f"bench: idle worker exited early; see {self.logpath}")
-        seconds = time.monotonic() - self.t0
-        t_term_wall = time.time()
-        ops = ops_since(self.before, self.fq.queue_ops(self.name))
+        self.done.set()
+        self.thread.join()
         stop_and_reap(self.proc)
         self.errf.close()
         calls = self.agent.finish()
         self.fq.delete_queue(self.url)
-        minutes = seconds / 60
-        during = [c for c in calls["log"] if c["at_ms"] <= t_term_wall * 1000]
-        first_release = next((i for i, c in enumerate(during) if c["method"] == "PUT" and c["enabled"] is False), None)
-        after_release = len(during) - first_release - 1 if first_release is not None else None
+        if len(self.marks) < 2:
+            raise SystemExit("bench: idle worker ran less than a whole minute after settling")
+        (t_a, ops_a), (t_b, ops_b) = self.marks[0], self.marks[-1]
+        ops = ops_since(ops_a, ops_b)
+        minutes = round((t_b - t_a) / 60)
+        window = [c for c in calls["log"] if t_a * 1000 < c["at_ms"] <= t_b * 1000]
+        first_release = next((i for i, c in enumerate(calls["log"])
+                              if c["method"] == "PUT" and c["enabled"] is False), None)
+        after_release = (sum(1 for c in calls["log"][first_release + 1:] if c["at_ms"] <= t_b * 1000)
+                         if first_release is not None else None)
         res = {
             "mode": self.mode,
-            "seconds": round(seconds, 1),
+            "minutes": minutes,
             "receives": ops.get("ReceiveMessage", 0),
             "receives_per_min": round(ops.get("ReceiveMessage", 0) / minutes, 2),
             "sqs_requests_per_min": round(sum(ops.values()) / minutes, 2),
             "sqs_by_op": ops,
-            "protection_calls": len(during),
-            "protection_calls_per_min": round(len(during) / minutes, 2),
+            "protection_calls": len(window),
+            "protection_calls_per_min": round(len(window) / minutes, 2),
+            "protection_calls_total": len([c for c in calls["log"] if c["at_ms"] <= t_b * 1000]),
             "protection_calls_after_first_release": after_release,
             "protection_log_ms": [
                 {"t_ms": c["at_ms"] - int(self.t0_wall * 1000), "method": c["method"], "enabled": c["enabled"]}
@@ -407,8 +435,9 @@ class Idle:
             "log": os.path.relpath(self.logpath),
         }
         log(
-            f"idle {self.mode:15}: {res['receives_per_min']} receives/min, {res['protection_calls']} protection calls "
-            f"({after_release} after the first release) in {res['seconds']:.0f} s"
+            f"idle {self.mode:15}: {res['receives_per_min']} receives/min, {res['protection_calls_per_min']} protection "
+            f"calls/min over {minutes} min; {res['protection_calls_total']} calls in all, {after_release} after the "
+            "first release"
         )
         return res
 
@@ -507,7 +536,6 @@ def main():
     try:
         if "idle" not in skip:
             idlers = [Idle(args, fq, env, m) for m in ("before-receive", "on-receipt")]
-            idle_since = time.monotonic()
         if "compare" not in skip:
             kinds = args.kinds.split(",")
             rows = {k: [] for k in kinds}
@@ -524,9 +552,9 @@ def main():
                               "wall_over_ideal": round(med["wall_s"] / ideal, 3),
                               "drain_over_ideal": round(med["drain_s"] / ideal, 3)}
         if idlers:
-            left = args.idle_seconds - (time.monotonic() - idle_since)
+            left = max(i.ready_at() for i in idlers) - time.monotonic()
             if left > 0:
-                log(f"idle workers: {left:.0f} s more to their {args.idle_seconds:.0f} s")
+                log(f"idle workers: {left:.0f} s more to a whole minute of idle measurement")
                 time.sleep(left)
             result["idle"] = [i.finish() for i in idlers]
             idlers = []
@@ -573,13 +601,16 @@ def report(result):
         )
         out.append("")
     if "idle" in result:
-        secs = min(i["seconds"] for i in result["idle"])
-        out.append(f"Idle (at least {secs:.0f} s on an empty queue, alongside the runs above):")
-        out.append("| WORKER_PROTECT | receives/min | SQS requests/min | protection calls | after first release |")
-        out.append("|---|---:|---:|---:|---:|")
+        mins = min(i["minutes"] for i in result["idle"])
+        out.append(f"Idle (empty queue, alongside the runs above; per minute over {mins} whole minute(s) "
+                   f"from {IDLE_SETTLE_S} s after start):")
+        out.append("| WORKER_PROTECT | receives/min | SQS requests/min | protection calls/min | "
+                   "protection calls in all | after first release |")
+        out.append("|---|---:|---:|---:|---:|---:|")
         for i in result["idle"]:
             out.append(f"| {i['mode']} | {i['receives_per_min']:.1f} | {i['sqs_requests_per_min']:.1f} | "
-                       f"{i['protection_calls']} | {i['protection_calls_after_first_release']} |")
+                       f"{i['protection_calls_per_min']:.1f} | {i['protection_calls_total']} | "
+                       f"{i['protection_calls_after_first_release']} |")
     return "\n".join(out)
 
 
