@@ -4,6 +4,7 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -56,7 +57,10 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Events forwarded from the `log` crate (reqwest's) carry their real target and level
+        // in fields: show those, as the stock formatter does.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         w.write_str("{\"timestamp\":\"")?;
         SystemTime.format_time(&mut w)?;
         write!(w, "\",\"level\":\"{}\"", meta.level())?;
@@ -248,6 +252,21 @@ mod tests {
         assert_eq!(failed["reason"], tricky);
         assert_eq!(failed["err"], format!("{tricky:?}"));
         assert_eq!(got[2]["nan"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn events_from_the_log_crate_show_their_own_target() {
+        let got = lines(|| {
+            let record = log::Record::builder()
+                .level(log::Level::Warn)
+                .target("reqwest::connect")
+                .args(format_args!("connection reset"))
+                .build();
+            tracing_log::format_trace(&record).expect("forwarded");
+        });
+        assert_eq!(got[0]["target"], "reqwest::connect");
+        assert_eq!(got[0]["level"], "WARN");
+        assert_eq!(got[0]["message"], "connection reset");
     }
 
     #[test]
