@@ -7,13 +7,14 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, ProtectionBackendKind, RunArgs};
+use crate::config::{ConfigError, ProtectionBackendKind, RunArgs, SqsClientKind};
 use crate::exec::ExecHandler;
 use crate::forward::ForwardHandler;
 use crate::handler::SimulatedJob;
 use crate::protection::{agent::AgentBackend, ecs_api::EcsApiBackend, Protector, Timing};
 use crate::send::SendArgs;
 use crate::sqs::Sqs;
+use crate::sqs_wire::{SqsWire, WireSettings};
 use crate::stats::Stats;
 use crate::telemetry::{self, LogFormat};
 
@@ -79,6 +80,18 @@ pub fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
             tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https()
+}
+
+/// The direct client for receives and batch deletes, set up as the SDK's SQS client would be.
+pub async fn direct_sqs(sdk: &aws_config::SdkConfig) -> Result<SqsWire, String> {
+    let settings = WireSettings::from_sdk(sdk)
+        .ok_or("no AWS region: set AWS_REGION (ECS sets it for tasks)")?;
+    let creds = sdk
+        .credentials_provider()
+        .ok_or("no AWS credentials provider configured")?;
+    SqsWire::new(&settings, creds)
+        .await
+        .map_err(|e| format!("cannot set up the SQS client: {e}"))
 }
 
 /// Builds the protection actor the settings ask for.
@@ -169,6 +182,7 @@ impl RunArgs {
 
 async fn run(args: RunArgs) -> ExitCode {
     let exec = args.exec_command();
+    let sqs_client = args.sqs_client;
     let forward = match args.forward() {
         Ok(f) => f,
         Err(e) => return config_error(&e),
@@ -193,7 +207,16 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sqs = Sqs::new(aws_sdk_sqs::Client::new(&sdk), Arc::new(Stats::default()));
+    let mut sqs = Sqs::new(aws_sdk_sqs::Client::new(&sdk), Arc::new(Stats::default()));
+    if sqs_client == SqsClientKind::Direct {
+        match direct_sqs(&sdk).await {
+            Ok(wire) => sqs = sqs.with_wire(wire),
+            Err(e) => {
+                eprintln!("queue-worker: {e} (or run with --sqs-client sdk)");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     let result = if let Some(fwd) = forward {
         let handler = match ForwardHandler::new(&fwd.url, &config.queue_url, fwd.timeout) {
             Ok(h) => h,

@@ -7,6 +7,7 @@
 //! - [`forward`]: the `--forward-to` handler: POST to a local app, sqsd-style headers.
 //! - [`protection`]: the protection actor and its backends (agent endpoint, ECS API).
 //! - [`sqs`]: counted SQS calls, the batching deleter and the visibility keeper.
+//! - [`sqs_wire`]: receive and batch delete without the SDK's request pipeline (the hot path).
 //! - [`config`]: flags and env vars parsed once into a validated [`Config`].
 //! - [`observe`]: `/health` and `/metrics` beside the loop, and the `health` probe.
 //! - [`send`]: the `send` command (test messages).
@@ -31,6 +32,7 @@ pub mod observe;
 pub mod protection;
 pub mod send;
 pub mod sqs;
+pub mod sqs_wire;
 pub mod stats;
 pub mod telemetry;
 pub mod worker;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::limits::{SQS_MAX_BATCH_ENTRIES, SQS_MAX_VISIBILITY, SQS_VISIBILITY_MARGIN};
+use crate::sqs_wire::SqsWire;
 use crate::stats::Stats;
 
 /// An SQS call that failed, with the service's error code when there is one.
@@ -75,6 +76,45 @@ pub struct Received {
     pub received_at: Instant,
 }
 
+impl Received {
+    /// `None` without a receipt handle: such a message can be neither deleted nor returned.
+    pub fn new(
+        message_id: Option<String>,
+        receipt_handle: Option<String>,
+        body: Option<String>,
+        attributes: HashMap<String, String>,
+        raw_message_attributes: HashMap<String, MessageAttributeValue>,
+        received_at: Instant,
+    ) -> Option<Self> {
+        let receive_count = attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        let message_attributes = raw_message_attributes
+            .iter()
+            .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_string())))
+            .collect();
+        Some(Self {
+            message_id: message_id.unwrap_or_default(),
+            receipt_handle: receipt_handle?,
+            body: body.unwrap_or_default(),
+            receive_count,
+            attributes,
+            message_attributes,
+            raw_message_attributes,
+            received_at,
+        })
+    }
+}
+
+/// The system attributes every receive asks for.
+pub const SYSTEM_ATTRIBUTES: [&str; 4] = [
+    "ApproximateReceiveCount",
+    "SentTimestamp",
+    "ApproximateFirstReceiveTimestamp",
+    "MessageGroupId",
+];
+
 /// What the worker learns about its queue at start.
 #[derive(Debug, Clone, Default)]
 pub struct QueueInfo {
@@ -86,12 +126,24 @@ pub struct QueueInfo {
 #[derive(Clone)]
 pub struct Sqs {
     pub client: aws_sdk_sqs::Client,
+    /// When set, receives and batch deletes go through it instead of the SDK (see `sqs_wire`).
+    pub wire: Option<Arc<SqsWire>>,
     pub stats: Arc<Stats>,
 }
 
 impl Sqs {
     pub fn new(client: aws_sdk_sqs::Client, stats: Arc<Stats>) -> Self {
-        Self { client, stats }
+        Self {
+            client,
+            wire: None,
+            stats,
+        }
+    }
+
+    /// Sends receives and batch deletes through `wire`.
+    pub fn with_wire(mut self, wire: SqsWire) -> Self {
+        self.wire = Some(Arc::new(wire));
+        self
     }
 
     /// Checks that the queue exists and reads whether it has a redrive policy.
@@ -124,6 +176,25 @@ impl Sqs {
         visibility: Duration,
     ) -> Result<Vec<Received>, SqsError> {
         Stats::add(&self.stats.receive_requests, 1);
+        let messages = match &self.wire {
+            Some(w) => w.receive(queue_url, max, wait, visibility).await,
+            None => self.receive_sdk(queue_url, max, wait, visibility).await,
+        }
+        .inspect_err(|_| Stats::add(&self.stats.receive_errors, 1))?;
+        if messages.is_empty() {
+            Stats::add(&self.stats.empty_receives, 1);
+        }
+        Stats::add(&self.stats.messages_received, messages.len() as u64);
+        Ok(messages)
+    }
+
+    async fn receive_sdk(
+        &self,
+        queue_url: &str,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Received>, SqsError> {
         let out = self
             .client
             .receive_message()
@@ -131,55 +202,35 @@ impl Sqs {
             .max_number_of_messages(max as i32)
             .wait_time_seconds(wait.as_secs() as i32)
             .visibility_timeout(visibility.as_secs() as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_system_attribute_names(
-                MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
-            )
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .set_message_system_attribute_names(Some(
+                SYSTEM_ATTRIBUTES
+                    .iter()
+                    .map(|a| MessageSystemAttributeName::from(*a))
+                    .collect(),
+            ))
             .message_attribute_names("All")
             .send()
             .await
-            .map_err(|e| {
-                Stats::add(&self.stats.receive_errors, 1);
-                SqsError::from_sdk("ReceiveMessage", e)
-            })?;
+            .map_err(|e| SqsError::from_sdk("ReceiveMessage", e))?;
         let now = Instant::now();
         let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            Stats::add(&self.stats.empty_receives, 1);
-        }
-        Stats::add(&self.stats.messages_received, messages.len() as u64);
         Ok(messages
             .into_iter()
             .filter_map(|m| {
-                // Without a receipt handle a message can be neither deleted nor returned.
-                let receipt_handle = m.receipt_handle?;
-                let attributes: HashMap<String, String> = m
+                let attributes = m
                     .attributes
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(k, v)| (k.as_str().to_string(), v))
                     .collect();
-                let receive_count = attributes
-                    .get("ApproximateReceiveCount")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1);
-                let raw = m.message_attributes.unwrap_or_default();
-                let message_attributes = raw
-                    .iter()
-                    .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_string())))
-                    .collect();
-                Some(Received {
-                    message_id: m.message_id.unwrap_or_default(),
-                    receipt_handle,
-                    body: m.body.unwrap_or_default(),
-                    receive_count,
+                Received::new(
+                    m.message_id,
+                    m.receipt_handle,
+                    m.body,
                     attributes,
-                    message_attributes,
-                    raw_message_attributes: raw,
-                    received_at: now,
-                })
+                    m.message_attributes.unwrap_or_default(),
+                    now,
+                )
             })
             .collect())
     }
@@ -324,6 +375,9 @@ impl Sqs {
         receipts: &[String],
     ) -> Result<Vec<(usize, String, bool)>, SqsError> {
         Stats::add(&self.stats.delete_requests, 1);
+        if let Some(w) = &self.wire {
+            return w.delete_batch(queue_url, receipts).await;
+        }
         let mut req = self.client.delete_message_batch().queue_url(queue_url);
         for (i, r) in receipts.iter().enumerate() {
             let entry = DeleteMessageBatchRequestEntry::builder()

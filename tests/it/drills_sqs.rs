@@ -746,7 +746,8 @@ async fn returned_messages_are_counted_only_when_sqs_applied_the_change() {
     let sqs = Sqs::new(
         aws_sdk_sqs::Client::from_conf(sqs_config(&proxy.endpoint())),
         stats.clone(),
-    );
+    )
+    .with_wire(wire(&proxy.endpoint()).await);
     let mut got = Vec::new();
     while got.len() < 10 {
         let batch = sqs

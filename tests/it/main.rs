@@ -10,4 +10,5 @@ mod local_ecs;
 mod queues;
 mod soak;
 mod support;
+mod wire;
 mod worker;

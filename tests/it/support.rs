@@ -77,6 +77,23 @@ pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::Config {
         .build()
 }
 
+/// The direct receive/delete client for `endpoint`, with the same region and credentials.
+pub async fn wire(endpoint: &str) -> queue_worker::sqs_wire::SqsWire {
+    queue_worker::sqs_wire::SqsWire::new(
+        &queue_worker::sqs_wire::WireSettings {
+            region: "us-east-1".into(),
+            endpoint_url: Some(endpoint.into()),
+            use_fips: false,
+            use_dual_stack: false,
+        },
+        aws_sdk_sqs::config::SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "tests",
+        )),
+    )
+    .await
+    .expect("direct SQS client")
+}
+
 pub fn client() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(sqs_config(&fauxqs().endpoint))
 }
@@ -322,13 +339,13 @@ pub fn start_through<H: Handler>(
     let client = aws_sdk_sqs::Client::from_conf(sqs_config(endpoint));
     let sqs = Sqs::new(client, stats.clone());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(queue_worker::run(
-        config,
-        sqs,
-        protector,
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
+    let endpoint = endpoint.to_string();
+    let stop = shutdown.clone();
+    // As `queue-worker run` does by default: receives and deletes on the direct path.
+    let task = tokio::spawn(async move {
+        let sqs = sqs.with_wire(wire(&endpoint).await);
+        queue_worker::run(config, sqs, protector, Arc::new(handler), stop).await
+    });
     Running {
         shutdown,
         stats,

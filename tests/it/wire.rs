@@ -1,0 +1,370 @@
+//! The direct SQS path (`sqs_wire`) against what real SQS checks and what the SDK sends.
+//!
+//! fauxqs does not verify signatures, so a signing mistake would pass every other local test and
+//! only fail against AWS. Here a capture server records the requests exactly as they arrive, and
+//! a SigV4 verifier written from the AWS specification (on `ring`, not the SDK's signing crate)
+//! checks them. The verifier must accept the SDK's own requests (so it is right) and reject a
+//! tampered one (so it can fail) before its verdict on the direct path counts.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use queue_worker::sqs_wire::{SqsWire, WireSettings};
+use ring::{digest, hmac};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+fn credentials() -> Credentials {
+    Credentials::new(
+        "AKIDEXAMPLE",
+        SECRET,
+        Some("session-token/with+odd=chars".into()),
+        None,
+        "wire-test",
+    )
+}
+
+/// One request as it arrived: method, path, headers (lower-case names, in order), body.
+#[derive(Debug, Clone)]
+struct Captured {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Captured {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Stops the capture server (and, through its JoinSet, every connection) when dropped.
+struct Server(tokio::task::JoinHandle<()>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Answers every request with `answer` (200, JSON) and hands each request to the test.
+async fn capture_server(
+    answer: &'static str,
+) -> (Server, String, mpsc::UnboundedReceiver<Captured>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            connections.spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let mut lines = head.split("\r\n");
+                    let request_line = lines.next().unwrap_or_default().to_string();
+                    let mut parts = request_line.split(' ');
+                    let method = parts.next().unwrap_or_default().to_string();
+                    let path = parts.next().unwrap_or_default().to_string();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.to_string()))
+                        .collect();
+                    let length: usize = headers
+                        .iter()
+                        .find(|(n, _)| n == "content-length")
+                        .and_then(|(_, v)| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + length {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[end + 4..end + 4 + length].to_vec();
+                    buf.drain(..end + 4 + length);
+                    let _ = tx.send(Captured {
+                        method,
+                        path,
+                        headers,
+                        body,
+                    });
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (Server(server), format!("http://{addr}"), rx)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hmac_sha256(key: &[u8], data: &str) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// Checks a request's SigV4 header signature as SQS would, from the request alone. Returns the
+/// signed header names.
+fn verify_sigv4(req: &Captured, region: &str) -> Result<Vec<String>, String> {
+    let auth = req
+        .header("authorization")
+        .ok_or("no authorization")?
+        .trim();
+    let rest = auth
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or("not AWS4-HMAC-SHA256")?;
+    let mut credential = None;
+    let mut signed = None;
+    let mut signature = None;
+    for part in rest.split(',') {
+        let (k, v) = part
+            .trim()
+            .split_once('=')
+            .ok_or("bad authorization part")?;
+        match k {
+            "Credential" => credential = Some(v),
+            "SignedHeaders" => signed = Some(v),
+            "Signature" => signature = Some(v),
+            _ => return Err(format!("unknown authorization part {k}")),
+        }
+    }
+    let (credential, signed, signature) = (
+        credential.ok_or("no Credential")?,
+        signed.ok_or("no SignedHeaders")?,
+        signature.ok_or("no Signature")?,
+    );
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [key_id, date, scope_region, service, terminator] = scope[..] else {
+        return Err(format!("bad credential scope {credential}"));
+    };
+    if key_id != "AKIDEXAMPLE"
+        || scope_region != region
+        || service != "sqs"
+        || terminator != "aws4_request"
+    {
+        return Err(format!("wrong credential scope {credential}"));
+    }
+    let amz_date = req.header("x-amz-date").ok_or("no x-amz-date")?.trim();
+    if !amz_date.starts_with(date) {
+        return Err("x-amz-date is not the scope's date".into());
+    }
+    let names: Vec<String> = signed.split(';').map(str::to_string).collect();
+    let mut canonical_headers = String::new();
+    for name in &names {
+        let values: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        if values.is_empty() {
+            return Err(format!("signed header {name} is not in the request"));
+        }
+        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
+    }
+    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let canonical = format!(
+        "{}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}",
+        req.method,
+        hex(digest::digest(&digest::SHA256, &req.body).as_ref())
+    );
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/sqs/aws4_request\n{}",
+        hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+    );
+    let k_date = hmac_sha256(format!("AWS4{SECRET}").as_bytes(), date);
+    let k_region = hmac_sha256(&k_date, region);
+    let k_service = hmac_sha256(&k_region, "sqs");
+    let k_signing = hmac_sha256(&k_service, "aws4_request");
+    let expected = hex(&hmac_sha256(&k_signing, &string_to_sign));
+    if expected != signature {
+        return Err(format!(
+            "signature mismatch: canonical request was\n{canonical}"
+        ));
+    }
+    Ok(names)
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_requests_are_signed_as_sqs_verifies_and_match_the_sdks() {
+    const QUEUE: &str = "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs";
+    let region = "eu-west-1";
+    let (_server, endpoint, mut rx) = capture_server(r#"{"Messages":[]}"#).await;
+
+    // What the SDK sends, through the same capture server.
+    let sdk = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .credentials_provider(credentials())
+            .endpoint_url(&endpoint)
+            .http_client(queue_worker::cli::http_client())
+            .build(),
+    );
+    sdk.receive_message()
+        .queue_url(QUEUE)
+        .max_number_of_messages(7)
+        .wait_time_seconds(20)
+        .visibility_timeout(60)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .message_system_attribute_names(
+            MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+        )
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .expect("SDK receive");
+    let sdk_receive = rx.recv().await.expect("captured");
+    let mut del = sdk.delete_message_batch().queue_url(QUEUE);
+    for (i, r) in ["r+0/==", "r 1"].iter().enumerate() {
+        del = del.entries(
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(*r)
+                .build()
+                .expect("entry"),
+        );
+    }
+    // The capture server's `{"Messages":[]}` has no Successful/Failed lists: the SDK accepts it.
+    del.send().await.expect("SDK delete");
+    let sdk_delete = rx.recv().await.expect("captured");
+
+    // The verifier is right (accepts the SDK's requests) and can fail (rejects tampering).
+    for req in [&sdk_receive, &sdk_delete] {
+        verify_sigv4(req, region).expect("the verifier accepts the SDK's signature");
+        let mut tampered = req.clone();
+        tampered.body.push(b' ');
+        assert!(
+            verify_sigv4(&tampered, region).is_err(),
+            "a changed body fails"
+        );
+        let mut undated = req.clone();
+        undated.headers.retain(|(n, _)| n != "x-amz-date");
+        assert!(
+            verify_sigv4(&undated, region).is_err(),
+            "a missing signed header fails"
+        );
+    }
+
+    // The direct path, with the same credentials (a session token included).
+    let wire = SqsWire::new(
+        &WireSettings {
+            region: region.into(),
+            endpoint_url: Some(endpoint.clone()),
+            use_fips: false,
+            use_dual_stack: false,
+        },
+        SharedCredentialsProvider::new(credentials()),
+    )
+    .await
+    .expect("wire client");
+    let got = wire
+        .receive(QUEUE, 7, Duration::from_secs(20), Duration::from_secs(60))
+        .await
+        .expect("direct receive");
+    assert!(got.is_empty());
+    let wire_receive = rx.recv().await.expect("captured");
+    wire.delete_batch(QUEUE, &["r+0/==".into(), "r 1".into()])
+        .await
+        .expect("direct delete");
+    let wire_delete = rx.recv().await.expect("captured");
+
+    for (ours, theirs) in [(&wire_receive, &sdk_receive), (&wire_delete, &sdk_delete)] {
+        let signed = verify_sigv4(ours, region).expect("the direct path's signature verifies");
+        for must in [
+            "host",
+            "x-amz-date",
+            "x-amz-security-token",
+            "x-amz-target",
+            "content-type",
+        ] {
+            assert!(
+                signed.iter().any(|s| s == must),
+                "{must} is signed: {signed:?}"
+            );
+        }
+        assert_eq!(ours.method, "POST");
+        assert_eq!(ours.path, theirs.path);
+        for h in [
+            "host",
+            "content-type",
+            "x-amz-target",
+            "x-amzn-query-mode",
+            "x-amz-security-token",
+        ] {
+            assert_eq!(ours.header(h), theirs.header(h), "header {h}");
+        }
+        assert_eq!(
+            json(&ours.body),
+            json(&theirs.body),
+            "the same request body"
+        );
+    }
+}
+
+/// The endpoint comes from the SDK's rules: the region's endpoint without an override.
+#[tokio::test]
+async fn the_endpoint_follows_the_sdk_rules() {
+    let resolve = |region: &str, fips: bool, url: Option<&str>| {
+        let settings = WireSettings {
+            region: region.into(),
+            endpoint_url: url.map(str::to_string),
+            use_fips: fips,
+            use_dual_stack: false,
+        };
+        async move {
+            SqsWire::new(&settings, SharedCredentialsProvider::new(credentials()))
+                .await
+                .map(|w| w.endpoint().to_string())
+        }
+    };
+    assert_eq!(
+        resolve("eu-west-1", false, None).await.expect("resolves"),
+        "https://sqs.eu-west-1.amazonaws.com/"
+    );
+    assert_eq!(
+        resolve("us-east-1", true, None).await.expect("resolves"),
+        "https://sqs-fips.us-east-1.amazonaws.com/"
+    );
+    assert_eq!(
+        resolve("us-east-1", false, Some("http://127.0.0.1:4566"))
+            .await
+            .expect("resolves"),
+        "http://127.0.0.1:4566/"
+    );
+    assert!(resolve("not a region!", false, None).await.is_err());
+}
