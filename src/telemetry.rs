@@ -5,7 +5,8 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -26,7 +27,7 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(JsonMembers)
             .event_format(JsonLines)
             .try_init(),
         // Colours only on a terminal: piped logs (CloudWatch, files, tests) stay plain text.
@@ -43,8 +44,32 @@ pub fn init(format: LogFormat) {
 /// fields and the current span: `{"timestamp","level",<event fields>,"target","span":{<span
 /// fields>,"name"}}`. Written directly: the stock formatter parses each span's fields back from
 /// JSON for every event, a large share of the logging cost at thousands of jobs a second.
-/// Span fields must be formatted by [`JsonFields`] (as [`init`] sets up).
+/// Span fields must be formatted by [`JsonMembers`] (as [`init`] sets up).
 pub struct JsonLines;
+
+/// Formats span fields as JSON object members, each as `,"name":value`, for [`JsonLines`] to
+/// splice in. The stock `JsonFields` built a serde map for every span: one span per job.
+pub struct JsonMembers;
+
+impl<'w> FormatFields<'w> for JsonMembers {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = JsonVisitor {
+            w: &mut writer,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        // Members carry their own leading comma: no separator to add.
+        self.format_fields(current.as_writer(), fields)
+    }
+}
 
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
@@ -79,18 +104,12 @@ where
         if let Some(span) = span {
             w.write_str(",\"span\":{")?;
             let ext = span.extensions();
-            if let Some(f) = ext.get::<FormattedFields<N>>() {
-                // JsonFields stored the span's fields as one JSON object: splice in its members.
-                let members = f
-                    .fields
-                    .trim()
-                    .strip_prefix('{')
-                    .and_then(|s| s.strip_suffix('}'))
-                    .unwrap_or("");
-                if !members.is_empty() {
-                    w.write_str(members)?;
-                    w.write_char(',')?;
-                }
+            if let Some(members) = ext
+                .get::<FormattedFields<N>>()
+                .and_then(|f| f.fields.strip_prefix(','))
+            {
+                w.write_str(members)?;
+                w.write_char(',')?;
             }
             w.write_str("\"name\":")?;
             json_str(&mut w, span.name())?;
@@ -207,7 +226,7 @@ mod tests {
         let out = buf.clone();
         let sub = tracing_subscriber::fmt()
             .with_writer(move || out.clone())
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(JsonMembers)
             .event_format(JsonLines)
             .finish();
         tracing::subscriber::with_default(sub, log);
@@ -221,7 +240,13 @@ mod tests {
     fn json_lines_are_valid_json_with_event_and_span_fields() {
         let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} é ✓";
         let got = lines(|| {
-            let span = tracing::info_span!("job", message_id = "m-1", receive_count = 2u32);
+            let span = tracing::info_span!(
+                "job",
+                message_id = %"m-\"1",
+                receive_count = 2u32,
+                late = tracing::field::Empty
+            );
+            span.record("late", "set after");
             let _g = span.enter();
             tracing::info!(
                 elapsed_ms = 3u64,
@@ -242,7 +267,8 @@ mod tests {
         assert_eq!(done["ratio"], 0.5);
         assert_eq!(done["neg"], -4);
         assert_eq!(done["target"], module_path!());
-        assert_eq!(done["span"]["message_id"], "m-1");
+        assert_eq!(done["span"]["message_id"], "m-\"1");
+        assert_eq!(done["span"]["late"], "set after");
         assert_eq!(done["span"]["receive_count"], 2);
         assert_eq!(done["span"]["name"], "job");
         assert!(done["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
