@@ -2,7 +2,7 @@
 //!
 //! fauxqs does not verify signatures, so a signing mistake would pass every other local test and
 //! only fail against AWS. Here a capture server records the requests exactly as they arrive, and
-//! a SigV4 verifier written from the AWS specification (on `ring`, not the SDK's signing crate)
+//! a SigV4 verifier written from the AWS specification (separately from the worker's signer)
 //! checks them. The verifier must accept the SDK's own requests (so it is right) and reject a
 //! tampered one (so it can fail) before its verdict on the direct path counts.
 
@@ -367,4 +367,59 @@ async fn the_endpoint_follows_the_sdk_rules() {
         "http://127.0.0.1:4566/"
     );
     assert!(resolve("not a region!", false, None).await.is_err());
+}
+
+/// Signatures stay valid across a change of UTC day (the signing key is kept per day) and
+/// without a session token.
+#[tokio::test]
+async fn signatures_verify_across_midnight_and_without_a_session_token() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let before_midnight = UNIX_EPOCH + Duration::from_secs(1_795_478_399); // 2026-11-23T23:59:59Z
+    for creds in [
+        credentials(),
+        Credentials::new("AKIDEXAMPLE", SECRET, None, None, "wire-test"),
+    ] {
+        let wire = SqsWire::new(
+            &WireSettings {
+                region: "us-east-1".into(),
+                endpoint_url: Some("http://127.0.0.1:9324".into()),
+                use_fips: false,
+                use_dual_stack: false,
+            },
+            SharedCredentialsProvider::new(creds.clone()),
+        )
+        .await
+        .expect("wire client");
+        let mut dates = Vec::new();
+        for time in [
+            before_midnight,
+            before_midnight + Duration::from_secs(1),
+            before_midnight,
+            SystemTime::now(),
+        ] {
+            let body = br#"{"QueueUrl":"q","Entries":[]}"#.to_vec();
+            let req = wire
+                .signed_request("DeleteMessageBatch", body.clone(), time)
+                .await
+                .expect("signed");
+            let captured = Captured {
+                method: req.method().to_string(),
+                path: "/".into(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                    .collect(),
+                body,
+            };
+            assert_eq!(
+                captured.header("x-amz-security-token"),
+                creds.session_token()
+            );
+            verify_sigv4(&captured, "us-east-1").expect("verifies");
+            dates.push(captured.header("x-amz-date").map(str::to_string));
+        }
+        assert_eq!(dates[0].as_deref(), Some("20261123T235959Z"));
+        assert_eq!(dates[1].as_deref(), Some("20261124T000000Z"));
+    }
 }
