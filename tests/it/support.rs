@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
+pub use queue_worker::config::SqsClientKind;
 use queue_worker::handler::{Handler, Job, Outcome, SimulatedJob};
 use queue_worker::protection::Protector;
 use queue_worker::sqs::Sqs;
@@ -335,15 +336,28 @@ pub fn start_through<H: Handler>(
     protector: Protector,
     handler: H,
 ) -> Running {
+    start_with(endpoint, config, protector, handler, SqsClientKind::Direct)
+}
+
+/// A worker like [`start`], with receives and deletes sent the `client` way.
+pub fn start_with<H: Handler>(
+    endpoint: &str,
+    config: Config,
+    protector: Protector,
+    handler: H,
+    kind: SqsClientKind,
+) -> Running {
     let stats = Arc::new(Stats::default());
     let client = aws_sdk_sqs::Client::from_conf(sqs_config(endpoint));
     let sqs = Sqs::new(client, stats.clone());
     let shutdown = CancellationToken::new();
     let endpoint = endpoint.to_string();
     let stop = shutdown.clone();
-    // As `queue-worker run` does by default: receives and deletes on the direct path.
     let task = tokio::spawn(async move {
-        let sqs = sqs.with_wire(wire(&endpoint).await);
+        let sqs = match kind {
+            SqsClientKind::Direct => sqs.with_wire(wire(&endpoint).await),
+            SqsClientKind::Sdk => sqs,
+        };
         queue_worker::run(config, sqs, protector, Arc::new(handler), stop).await
     });
     Running {

@@ -46,13 +46,29 @@ fn protected_from_log(task: &TaskEndpoint, at: SystemTime) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_processed_once_and_deleted() {
+    processed_once_and_deleted(SqsClientKind::Direct).await;
+}
+
+/// The same with `--sqs-client sdk`: receives and deletes through the SDK's pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_processed_once_and_deleted_with_the_sdk_client() {
+    processed_once_and_deleted(SqsClientKind::Sdk).await;
+}
+
+async fn processed_once_and_deleted(client_kind: SqsClientKind) {
     let c = client();
-    let q = create_queue(&c, "once", &[]).await;
+    let q = create_queue(&c, &format!("once-{client_kind:?}"), &[]).await;
     let bodies: Vec<String> = (0..60).map(|i| format!("{}ms", i % 7 * 10)).collect();
     let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
     let ids = send_bodies(&c, &q, &refs).await;
     let rec = Recorder::new();
-    let w = start(fast_config(&q), Protector::disabled(), rec.clone());
+    let w = start_with(
+        &fauxqs().endpoint,
+        fast_config(&q),
+        Protector::disabled(),
+        rec.clone(),
+        client_kind,
+    );
     assert!(
         wait_until(SECS(30), || async { counts(&c, &q).await == (0, 0) }).await,
         "queue drained"
