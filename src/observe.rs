@@ -98,8 +98,9 @@ impl Health {
         self.last_receive_unix_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    /// `Ok` while every poll loop is alive; otherwise why not (the first stuck one).
+    /// `Ok` while every poll loop is alive; otherwise why not, naming every stuck one.
     pub fn check(&self) -> Result<(), String> {
+        let mut stuck = Vec::new();
         for (slot, b) in self.beats.iter().enumerate() {
             let since = Duration::from_millis(b.since_ms.load(Ordering::Relaxed));
             let stuck_for = self.base.elapsed().saturating_sub(since);
@@ -118,7 +119,7 @@ impl Health {
                     } else {
                         String::new()
                     };
-                    return Err(format!(
+                    stuck.push(format!(
                         "poll loop{which} {name} for {}s (limit {}s)",
                         stuck_for.as_secs(),
                         limit.as_secs()
@@ -127,7 +128,11 @@ impl Health {
                 _ => {}
             }
         }
-        Ok(())
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(stuck.join("; "))
+        }
     }
 }
 
@@ -223,10 +228,31 @@ mod health_tests {
         h.set_for(0, Phase::Receiving);
         let e = h.check().expect_err("queue 2 is stuck");
         assert!(e.contains("queue 2") && e.contains("receiving"), "{e}");
+        assert!(!e.contains("queue 1"), "queue 1 is alive: {e}");
         h.set_for(1, Phase::WaitingPermits);
         assert!(
             h.check().is_ok(),
             "waiting for job slots is healthy however long"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_wedged_poller_is_named() {
+        let h = Health::for_pollers(
+            3,
+            Duration::from_secs(20),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        );
+        h.set_for(0, Phase::Receiving);
+        h.set_for(1, Phase::WaitingProtection);
+        h.set_for(2, Phase::Receiving);
+        // Past the protection limit (5 min), which is the longest.
+        tokio::time::sleep(Duration::from_secs(301)).await;
+        h.set_for(2, Phase::Receiving);
+        let e = h.check().expect_err("queues 1 and 2 are stuck");
+        assert!(e.contains("(queue 1) receiving for 301s"), "{e}");
+        assert!(e.contains("(queue 2) waiting for task protection"), "{e}");
+        assert!(!e.contains("queue 3"), "queue 3 is alive: {e}");
     }
 }
