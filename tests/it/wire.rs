@@ -423,3 +423,37 @@ async fn signatures_verify_across_midnight_and_without_a_session_token() {
         assert_eq!(dates[1].as_deref(), Some("20261124T000000Z"));
     }
 }
+
+/// A receive whose connection never answers ends with a `timeout` error after the long poll plus
+/// a margin, so the poll loop backs off and retries instead of hanging (timers paused: the
+/// 35 s pass at once).
+#[tokio::test(start_paused = true)]
+async fn a_receive_that_never_answers_times_out() {
+    // Accepted by the kernel's backlog, never read, never answered.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", black_hole.local_addr().expect("addr"));
+    let wire = SqsWire::new(
+        &WireSettings {
+            region: "us-east-1".into(),
+            endpoint_url: Some(endpoint),
+            use_fips: false,
+            use_dual_stack: false,
+        },
+        SharedCredentialsProvider::new(credentials()),
+    )
+    .await
+    .expect("wire client");
+    let started = tokio::time::Instant::now();
+    let e = wire
+        .receive("q", 10, Duration::from_secs(20), Duration::from_secs(60))
+        .await
+        .expect_err("no answer");
+    assert_eq!(e.code, "timeout", "{e}");
+    assert!(!e.is_permanent());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(20) && waited <= Duration::from_secs(40),
+        "gave up after {waited:?}"
+    );
+    drop(black_hole);
+}
