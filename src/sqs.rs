@@ -30,6 +30,14 @@ pub struct SqsError {
 }
 
 impl SqsError {
+    pub fn new(op: &'static str, code: &str, detail: impl ToString) -> Self {
+        Self {
+            op,
+            code: code.into(),
+            detail: detail.to_string(),
+        }
+    }
+
     fn from_sdk<E, R>(op: &'static str, e: aws_sdk_sqs::error::SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -277,11 +285,7 @@ impl Sqs {
                 .receipt_handle(*receipt)
                 .visibility_timeout(vis.as_secs() as i32)
                 .build()
-                .map_err(|e| SqsError {
-                    op: "ChangeMessageVisibilityBatch",
-                    code: "build".into(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| SqsError::new("ChangeMessageVisibilityBatch", "build", e))?;
             req = req.entries(entry);
         }
         let out = req.send().await.map_err(|e| {
@@ -384,11 +388,7 @@ impl Sqs {
                 .id(i.to_string())
                 .receipt_handle(r)
                 .build()
-                .map_err(|e| SqsError {
-                    op: "DeleteMessageBatch",
-                    code: "build".into(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| SqsError::new("DeleteMessageBatch", "build", e))?;
             req = req.entries(entry);
         }
         let out = req

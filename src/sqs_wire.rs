@@ -135,12 +135,8 @@ impl std::fmt::Debug for SqsWire {
     }
 }
 
-fn config_error(detail: String) -> SqsError {
-    SqsError {
-        op: "ResolveEndpoint",
-        code: "config".into(),
-        detail,
-    }
+fn config_error(detail: impl ToString) -> SqsError {
+    SqsError::new("ResolveEndpoint", "config", detail)
 }
 
 impl SqsWire {
@@ -155,11 +151,11 @@ impl SqsWire {
             .use_dual_stack(settings.use_dual_stack)
             .set_endpoint(settings.endpoint_url.clone())
             .build()
-            .map_err(|e| config_error(e.to_string()))?;
+            .map_err(config_error)?;
         let resolved = DefaultResolver::new()
             .resolve_endpoint(&params)
             .await
-            .map_err(|e| config_error(e.to_string()))?;
+            .map_err(config_error)?;
         let mut endpoint = resolved.url().to_string();
         if !endpoint.ends_with('/') {
             endpoint.push('/');
@@ -218,11 +214,7 @@ impl SqsWire {
             .provider
             .provide_credentials()
             .await
-            .map_err(|e| SqsError {
-                op,
-                code: "CredentialsError".into(),
-                detail: DisplayErrorContext(&e).to_string(),
-            })?;
+            .map_err(|e| SqsError::new(op, "CredentialsError", DisplayErrorContext(&e)))?;
         let signer = Signer::new(creds, day, &self.region);
         *cached = Some(signer.clone());
         Ok(signer)
@@ -235,19 +227,14 @@ impl SqsWire {
         body: Vec<u8>,
         time: SystemTime,
     ) -> Result<HttpRequest, SqsError> {
-        let fail = |code: &str, detail: String| SqsError {
-            op,
-            code: code.into(),
-            detail,
-        };
         let secs = time
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|e| fail("signing", e.to_string()))?
+            .map_err(|e| SqsError::new(op, "signing", e))?
             .as_secs();
         // RFC 3339 without separators: 2026-11-23T06:30:00Z -> 20261123T063000Z.
         let amz_date: String = aws_smithy_types::DateTime::from_secs(secs as i64)
             .fmt(aws_smithy_types::date_time::Format::DateTime)
-            .map_err(|e| fail("signing", e.to_string()))?
+            .map_err(|e| SqsError::new(op, "signing", e))?
             .chars()
             .filter(|c| *c != '-' && *c != ':')
             .collect();
@@ -304,9 +291,9 @@ impl SqsWire {
 
         let mut req = HttpRequest::new(SdkBody::from(body));
         req.set_method("POST")
-            .map_err(|e| fail("request", e.to_string()))?;
+            .map_err(|e| SqsError::new(op, "request", e))?;
         req.set_uri(self.endpoint.as_str())
-            .map_err(|e| fail("request", e.to_string()))?;
+            .map_err(|e| SqsError::new(op, "request", e))?;
         let h = req.headers_mut();
         // Host is set (not left to hyper) so that what is sent is exactly what was signed.
         h.insert("host", self.host.clone());
@@ -332,29 +319,24 @@ impl SqsWire {
         timeout: Duration,
     ) -> Result<bytes::Bytes, SqsError> {
         let req = self.signed_request(op, body, SystemTime::now()).await?;
-        let fail = |code: &str, detail: String| SqsError {
-            op,
-            code: code.into(),
-            detail,
-        };
         let exchange = async {
             let resp = self
                 .connector
                 .call(req)
                 .await
-                .map_err(|e| fail("transport", DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| SqsError::new(op, "transport", DisplayErrorContext(&e)))?;
             let status = resp.status().as_u16();
             let query_error = resp.headers().get("x-amzn-query-error").map(str::to_string);
             let bytes = ByteStream::new(resp.into_body())
                 .collect()
                 .await
-                .map_err(|e| fail("transport", DisplayErrorContext(&e).to_string()))?
+                .map_err(|e| SqsError::new(op, "transport", DisplayErrorContext(&e)))?
                 .into_bytes();
             Ok::<_, SqsError>((status, query_error, bytes))
         };
         let (status, query_error, bytes) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| fail("timeout", format!("no answer within {timeout:?}")))??;
+            .map_err(|_| SqsError::new(op, "timeout", format!("no answer within {timeout:?}")))??;
         if (200..300).contains(&status) {
             return Ok(bytes);
         }
@@ -381,11 +363,8 @@ impl SqsWire {
             message_system_attribute_names: &SYSTEM_ATTRIBUTES,
             message_attribute_names: &["All"],
         };
-        let body = serde_json::to_vec(&input).map_err(|e| SqsError {
-            op: "ReceiveMessage",
-            code: "serialize".into(),
-            detail: e.to_string(),
-        })?;
+        let body = serde_json::to_vec(&input)
+            .map_err(|e| SqsError::new("ReceiveMessage", "serialize", e))?;
         let answer = self
             .call("ReceiveMessage", body, wait + ANSWER_MARGIN)
             .await?;
@@ -409,19 +388,13 @@ impl SqsWire {
                 })
                 .collect(),
         };
-        let body = serde_json::to_vec(&input).map_err(|e| SqsError {
-            op: "DeleteMessageBatch",
-            code: "serialize".into(),
-            detail: e.to_string(),
-        })?;
+        let body = serde_json::to_vec(&input)
+            .map_err(|e| SqsError::new("DeleteMessageBatch", "serialize", e))?;
         let answer = self
             .call("DeleteMessageBatch", body, DELETE_TIMEOUT)
             .await?;
-        let out: DeleteOutput = serde_json::from_slice(&answer).map_err(|e| SqsError {
-            op: "DeleteMessageBatch",
-            code: "deserialize".into(),
-            detail: e.to_string(),
-        })?;
+        let out: DeleteOutput = serde_json::from_slice(&answer)
+            .map_err(|e| SqsError::new("DeleteMessageBatch", "deserialize", e))?;
         Ok(out
             .failed
             .unwrap_or_default()
@@ -460,11 +433,8 @@ fn error_from_answer(
 }
 
 fn parse_receive(answer: &[u8], now: Instant) -> Result<Vec<Received>, SqsError> {
-    let out: ReceiveOutput = serde_json::from_slice(answer).map_err(|e| SqsError {
-        op: "ReceiveMessage",
-        code: "deserialize".into(),
-        detail: e.to_string(),
-    })?;
+    let out: ReceiveOutput = serde_json::from_slice(answer)
+        .map_err(|e| SqsError::new("ReceiveMessage", "deserialize", e))?;
     Ok(out
         .messages
         .unwrap_or_default()
