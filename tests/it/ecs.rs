@@ -14,10 +14,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ecs::config::{BehaviorVersion, Region};
 use aws_sdk_ecs::types::{ContainerDefinition, LaunchType, Tag};
 
-use crate::support::{repo_root, unique, worker_bin};
+use crate::support::{repo_root, test_credentials, unique, worker_bin};
 
 /// A moto server of our own; killed (and reaped) on drop.
 pub struct Moto {
@@ -68,7 +68,7 @@ impl Moto {
             aws_sdk_ecs::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
-                .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+                .credentials_provider(test_credentials())
                 .endpoint_url(&self.endpoint)
                 .http_client(queue_worker::cli::http_client())
                 .build(),

@@ -68,11 +68,16 @@ pub fn fauxqs() -> &'static Fauxqs {
     })
 }
 
+/// The dummy credentials of every local client.
+pub fn test_credentials() -> Credentials {
+    Credentials::new("test", "test", None, None, "tests")
+}
+
 pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::Config {
     aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .credentials_provider(test_credentials())
         .endpoint_url(endpoint)
         .http_client(queue_worker::cli::http_client())
         .build()
@@ -80,16 +85,23 @@ pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::Config {
 
 /// The direct receive/delete client for `endpoint`, with the same region and credentials.
 pub async fn wire(endpoint: &str) -> queue_worker::sqs_wire::SqsWire {
+    wire_as("us-east-1", endpoint, test_credentials()).await
+}
+
+/// A direct receive/delete client for `endpoint` in `region`, signing as `creds`.
+pub async fn wire_as(
+    region: &str,
+    endpoint: &str,
+    creds: Credentials,
+) -> queue_worker::sqs_wire::SqsWire {
     queue_worker::sqs_wire::SqsWire::new(
         &queue_worker::sqs_wire::WireSettings {
-            region: "us-east-1".into(),
+            region: region.into(),
             endpoint_url: Some(endpoint.into()),
             use_fips: false,
             use_dual_stack: false,
         },
-        aws_sdk_sqs::config::SharedCredentialsProvider::new(Credentials::new(
-            "test", "test", None, None, "tests",
-        )),
+        aws_sdk_sqs::config::SharedCredentialsProvider::new(creds),
     )
     .await
     .expect("direct SQS client")

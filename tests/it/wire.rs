@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::support::wire_as;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use queue_worker::sqs_wire::{SqsWire, WireSettings};
@@ -281,17 +282,7 @@ async fn direct_requests_are_signed_as_sqs_verifies_and_match_the_sdks() {
     }
 
     // The direct path, with the same credentials (a session token included).
-    let wire = SqsWire::new(
-        &WireSettings {
-            region: region.into(),
-            endpoint_url: Some(endpoint.clone()),
-            use_fips: false,
-            use_dual_stack: false,
-        },
-        SharedCredentialsProvider::new(credentials()),
-    )
-    .await
-    .expect("wire client");
+    let wire = wire_as(region, &endpoint, credentials()).await;
     let got = wire
         .receive(QUEUE, 7, Duration::from_secs(20), Duration::from_secs(60))
         .await
@@ -379,17 +370,7 @@ async fn signatures_verify_across_midnight_and_without_a_session_token() {
         credentials(),
         Credentials::new("AKIDEXAMPLE", SECRET, None, None, "wire-test"),
     ] {
-        let wire = SqsWire::new(
-            &WireSettings {
-                region: "us-east-1".into(),
-                endpoint_url: Some("http://127.0.0.1:9324".into()),
-                use_fips: false,
-                use_dual_stack: false,
-            },
-            SharedCredentialsProvider::new(creds.clone()),
-        )
-        .await
-        .expect("wire client");
+        let wire = wire_as("us-east-1", "http://127.0.0.1:9324", creds.clone()).await;
         let mut dates = Vec::new();
         for time in [
             before_midnight,
@@ -432,17 +413,7 @@ async fn a_receive_that_never_answers_times_out() {
     // Accepted by the kernel's backlog, never read, never answered.
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let endpoint = format!("http://{}", black_hole.local_addr().expect("addr"));
-    let wire = SqsWire::new(
-        &WireSettings {
-            region: "us-east-1".into(),
-            endpoint_url: Some(endpoint),
-            use_fips: false,
-            use_dual_stack: false,
-        },
-        SharedCredentialsProvider::new(credentials()),
-    )
-    .await
-    .expect("wire client");
+    let wire = wire_as("us-east-1", &endpoint, credentials()).await;
     let started = tokio::time::Instant::now();
     let e = wire
         .receive("q", 10, Duration::from_secs(20), Duration::from_secs(60))
