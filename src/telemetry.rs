@@ -89,12 +89,8 @@ where
         w.write_str("{\"timestamp\":\"")?;
         SystemTime.format_time(&mut w)?;
         write!(w, "\",\"level\":\"{}\"", meta.level())?;
-        let mut fields = JsonVisitor {
-            w: &mut w,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
+        // Event fields are written as span fields are: flattened members.
+        JsonMembers.format_fields(w.by_ref(), event)?;
         w.write_str(",\"target\":")?;
         json_str(&mut w, meta.target())?;
         let span = event
