@@ -412,11 +412,12 @@ class Idle:
         (t_a, ops_a), (t_b, ops_b) = self.marks[0], self.marks[-1]
         ops = ops_since(ops_a, ops_b)
         minutes = round((t_b - t_a) / 60)
-        window = [c for c in calls["log"] if t_a * 1000 < c["at_ms"] <= t_b * 1000]
+        # The call log is in time order: the calls up to the last mark are a prefix of it.
+        upto = [c for c in calls["log"] if c["at_ms"] <= t_b * 1000]
+        window = [c for c in upto if t_a * 1000 < c["at_ms"]]
         first_release = next((i for i, c in enumerate(calls["log"])
                               if c["method"] == "PUT" and c["enabled"] is False), None)
-        after_release = (sum(1 for c in calls["log"][first_release + 1:] if c["at_ms"] <= t_b * 1000)
-                         if first_release is not None else None)
+        after_release = len(upto[first_release + 1:]) if first_release is not None else None
         res = {
             "mode": self.mode,
             "minutes": minutes,
@@ -426,7 +427,7 @@ class Idle:
             "sqs_by_op": ops,
             "protection_calls": len(window),
             "protection_calls_per_min": round(len(window) / minutes, 2),
-            "protection_calls_total": len([c for c in calls["log"] if c["at_ms"] <= t_b * 1000]),
+            "protection_calls_total": len(upto),
             "protection_calls_after_first_release": after_release,
             "protection_log_ms": [
                 {"t_ms": c["at_ms"] - int(self.t0_wall * 1000), "method": c["method"], "enabled": c["enabled"]}
