@@ -4,16 +4,19 @@
 # ---- builder ---------------------------------------------------------------
 # Debian bookworm, like the runtime image below, so the glibc the binary links
 # against is the one it runs with. The slim image ships gcc and libc6-dev, which
-# the C parts of the TLS stack (aws-lc-sys, ring) need.
+# the C part of the TLS stack (ring) needs.
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /build
 
 # Dependency layer: build every dependency against placeholder sources, so that
-# a change under src/ does not rebuild the whole dependency tree.
+# a change under src/ does not rebuild the whole dependency tree. The workspace's
+# test kit (crates/testkit) is a dev-dependency only: its manifest is needed to
+# load the workspace, but none of its code is copied or built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/testkit/Cargo.toml crates/testkit/
+RUN mkdir src crates/testkit/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/testkit/src/lib.rs \
     && cargo build --release --locked --bin queue-worker \
     && rm -rf src \
         target/release/queue-worker* \

@@ -9,7 +9,7 @@
 #
 # Installs what it needs (scripts/setup.sh for Node 22 + fauxqs; sqs-consumer from
 # bench/package-lock.json into .tools/bench with npm ci), builds the release binary and the
-# agent-double example, then runs bench/bench.py. Prints a table; writes bench/results/latest.json
+# test kit's agent-double, then runs bench/bench.py. Prints a table; writes bench/results/latest.json
 # and keeps each consumer's log under .run/bench/.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -57,8 +57,8 @@ step "installing Node 22, fauxqs and sqs-consumer in the background (log: ${tool
 install_tools >"$tools_log" 2>&1 &
 tools_pid=$!
 
-step "cargo build --release (queue-worker and the agent-double example)"
-if ! cargo build --release --locked --bin queue-worker --example agent-double; then
+step "cargo build --release (queue-worker, and the test kit's agent-double)"
+if ! cargo build --release --locked --workspace --bin queue-worker --bin agent-double; then
   wait "$tools_pid" || true
   die "cargo build --release failed (see cargo's messages above)"
 fi
@@ -73,7 +73,7 @@ mkdir -p "$RUN_DIR/bench" bench/results
 step "running the benchmark"
 python3 bench/bench.py \
   --worker-bin "$TARGET_DIR/release/queue-worker" \
-  --agent-bin "$TARGET_DIR/release/examples/agent-double" \
+  --agent-bin "$TARGET_DIR/release/agent-double" \
   --node "$NODE22" \
   --fauxqs-server "$FAUXQS_SERVER" \
   --consumer-js "$BENCH_HOME/sqs-consumer.mjs" \

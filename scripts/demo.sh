@@ -43,7 +43,7 @@ bash "$REPO_ROOT/scripts/setup.sh" >/dev/null
 # Debug build: it is what the tests build too, so it is usually already there, and a fresh debug
 # build is several times faster than the release profile (thin LTO); speed does not matter here.
 step "building queue-worker and local-ecs (cargo build, debug profile)"
-(cd "$REPO_ROOT" && cargo build --quiet --bins) || die "cargo build failed"
+(cd "$REPO_ROOT" && cargo build --quiet --workspace --bins) || die "cargo build failed"
 WORKER="$REPO_ROOT/target/debug/queue-worker"
 LOCAL_ECS="$REPO_ROOT/target/debug/local-ecs"
 

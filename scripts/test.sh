@@ -13,7 +13,7 @@ step "cargo test (unit + integration)"
 # Dummy AWS settings: nothing in the tests may reach real AWS.
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true
 rm -rf target/drill-reports
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"
 # The fault drills' counts (each drill writes one JSON line there).
 if compgen -G "target/drill-reports/*.json" >/dev/null; then
   step "drill reports"

@@ -13,21 +13,16 @@
 //! - [`send`]: the `send` command (test messages).
 //! - [`ecs_cmd`]: `ecs scale` / `ecs watch`: set a service's desired count, watch it settle.
 //! - [`cli`]: the command line and exit codes; `main.rs` only calls [`cli::main`].
-//! - [`agent_double`]: a faithful stand-in for the ECS agent endpoints (tests, demo).
-//! - [`local_ecs`]: a local stand-in for one ECS service (the `local-ecs` dev binary, e2e tests).
 //! - [`backoff`], [`limits`], [`stats`], [`telemetry`]: small shared pieces.
 
-pub mod agent_double;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod ecs_cmd;
 pub mod exec;
-pub mod fault_proxy;
 pub mod forward;
 pub mod handler;
 pub mod limits;
-pub mod local_ecs;
 pub mod observe;
 pub mod protection;
 pub mod send;

@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
-use queue_worker::agent_double::{Reply, ReplyKind};
-use queue_worker::fault_proxy::{FaultConfig, FaultKind, FaultProxy, Shares};
 use queue_worker::handler::Outcome;
 use queue_worker::protection::{agent::AgentBackend, Protector, Status, Timing};
 use queue_worker::sqs::Sqs;
 use queue_worker::stats::Stats;
 use serde_json::json;
+use testkit::agent_double::{Reply, ReplyKind};
+use testkit::fault_proxy::{FaultConfig, FaultKind, FaultProxy, Shares};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -12,8 +12,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use queue_worker::local_ecs::{Control, Echo, EventKind, LocalEcs, ServiceSpec, StopReason};
 use serde_json::Value;
+use testkit::local_ecs::{Control, Echo, EventKind, LocalEcs, ServiceSpec, StopReason};
 
 use crate::support::*;
 

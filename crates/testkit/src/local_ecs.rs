@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent_double::{AgentDouble, ReplyKind, TaskEndpoint, DEFAULT_EXPIRES_IN_MINUTES};
-use crate::limits::ECS_DEFAULT_STOP_TIMEOUT;
+use crate::ECS_DEFAULT_STOP_TIMEOUT;
 
 /// ECS repeats an unchanged "unable to scale in" service event about this often.
 pub const BLOCKED_EVENT_EVERY: Duration = Duration::from_secs(30);

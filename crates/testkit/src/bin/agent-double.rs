@@ -1,7 +1,7 @@
 //! A stand-alone ECS agent double for the benchmark (`scripts/bench.sh`) and manual runs.
 //!
 //! ```text
-//! cargo run --release --example agent-double [-- --port N]
+//! cargo run --release -p testkit --bin agent-double [-- --port N]
 //! ```
 //!
 //! Starts [`AgentDouble`] on 127.0.0.1 (port 0 unless `--port`), adds one task, and prints
@@ -19,8 +19,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
-use queue_worker::agent_double::AgentDouble;
 use serde_json::json;
+use testkit::agent_double::AgentDouble;
 use tokio::signal::unix::{signal, SignalKind};
 
 const CLUSTER: &str = "bench";

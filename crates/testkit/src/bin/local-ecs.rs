@@ -1,5 +1,5 @@
 //! `local-ecs`: a stand-in for one ECS service on this machine (dev tool, not deployed).
-//! See `queue_worker::local_ecs` for what it does; this file is the command line.
+//! See `testkit::local_ecs` for what it does; this file is the command line.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use queue_worker::local_ecs::{
+use testkit::local_ecs::{
     self, DeployReply, Echo, LocalEcs, ScaleRequest, ServiceSpec, Status, DEFAULT_CONTROL_PORT,
 };
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,18 @@
+//! Test doubles and dev tools for queue-worker. Not part of the product: the release binary
+//! never compiles this crate (it is only a dev-dependency of `queue-worker`).
+//!
+//! - [`agent_double`]: the ECS agent's task-protection and task-metadata endpoints.
+//! - [`fault_proxy`]: a fault-injecting proxy in front of an SQS-compatible server.
+//! - [`local_ecs`]: a local stand-in for one ECS service (library behind the `local-ecs` binary).
+//! - [`fauxqs`]: starts the fauxqs SQS emulator on a free loopback port.
+//!
+//! Binaries: `local-ecs` (the demo's and the soak's service scheduler) and `agent-double` (a
+//! stand-alone agent endpoint for the benchmark).
+
+pub mod agent_double;
+pub mod fault_proxy;
+pub mod fauxqs;
+pub mod local_ecs;
+
+/// ECS sends SIGKILL 30 s after SIGTERM unless the task definition's `stopTimeout` says otherwise.
+pub const ECS_DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
