@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use queue_worker::protection::Protector;
-use queue_worker::sqs::Sqs;
-use queue_worker::{Handler, Job, Outcome};
+use queue_worker::{Handler, Job, Outcome, Protector, Sqs, SqsClientKind};
 use tokio_util::sync::CancellationToken;
 
 struct Shout;
@@ -31,15 +29,15 @@ impl Handler for Shout {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    queue_worker::telemetry::init(queue_worker::telemetry::LogFormat::Text);
+    queue_worker::init_logging(queue_worker::LogFormat::Text);
     let queue_url = std::env::var("QUEUE_URL").map_err(|_| anyhow::anyhow!("set QUEUE_URL"))?;
     let mut config = queue_worker::Config::new(queue_url);
     config.concurrency = 4;
 
-    let sdk = queue_worker::cli::aws_config().await;
-    let sqs = Sqs::new(aws_sdk_sqs::Client::new(&sdk), Arc::default());
-    // Protection off here; on ECS use queue_worker::cli::build_protector(&config.protection, &sdk).
-    let protector = Protector::disabled();
+    let sdk = queue_worker::aws_config().await;
+    let sqs = Sqs::connect(&sdk, SqsClientKind::Direct).await?;
+    // Off outside ECS (no ECS_AGENT_URI); on ECS the agent endpoint, as `queue-worker run` does.
+    let protector = Protector::from_config(&config.protection, &sdk)?;
 
     let shutdown = CancellationToken::new();
     let on_ctrl_c = shutdown.clone();

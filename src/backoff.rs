@@ -5,17 +5,20 @@ use std::time::Duration;
 /// Exponential backoff: `base * 2^attempt`, capped at `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first delay.
     pub base: Duration,
+    /// The longest delay.
     pub max: Duration,
 }
 
 impl Backoff {
+    /// Delays from `base`, doubling, up to `max`.
     pub const fn new(base: Duration, max: Duration) -> Self {
         Self { base, max }
     }
 
     /// The ceiling for retry number `attempt` (0 = first retry), before jitter.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         // 2^31 overflows any useful duration; saturate instead of wrapping.
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.max)
@@ -23,7 +26,7 @@ impl Backoff {
 
     /// Full jitter (a uniform draw in `[ceiling/2, ceiling]`): spreads a fleet's retries apart
     /// while keeping the delay from collapsing to zero.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
         let spread = ceiling.saturating_sub(half).as_millis() as u64;

@@ -1,37 +1,51 @@
 //! queue-worker: an SQS worker for Amazon ECS that holds task scale-in protection while jobs run,
 //! so that scaling in or deploying never kills a task in the middle of a job.
 //!
-//! - [`worker`]: the protected long-poll loop, job tasks, and the two-phase shutdown.
-//! - [`handler`]: the handler boundary ([`Handler`], [`Job`], [`Outcome`]) and the simulated job.
-//! - [`exec`]: the `--exec` handler: one process per message, no shell.
-//! - [`forward`]: the `--forward-to` handler: POST to a local app, sqsd-style headers.
-//! - [`protection`]: the protection actor and its backends (agent endpoint, ECS API).
-//! - [`sqs`]: counted SQS calls, the batching deleter and the visibility keeper.
-//! - [`sqs_wire`]: receive and batch delete without the SDK's request pipeline (the hot path).
-//! - [`config`]: flags and env vars parsed once into a validated [`Config`].
-//! - [`observe`]: `/health` and `/metrics` beside the loop, and the `health` probe.
-//! - [`send`]: the `send` command (test messages).
-//! - [`ecs_cmd`]: `ecs scale` / `ecs watch`: set a service's desired count, watch it settle.
-//! - [`cli`]: the command line and exit codes; `main.rs` only calls [`cli::main`].
-//! - [`backoff`], [`limits`], [`stats`], [`telemetry`]: small shared pieces.
+//! The modules, one job each:
+//! - `worker`: [`run`]: the pollers, the jobs, the two-phase shutdown.
+//! - `handler`: the handler boundary ([`Handler`], [`Job`], [`Outcome`]) and the shipped
+//!   handlers (simulated job, `--exec`, `--forward-to`).
+//! - `protection`: the [`Protector`] actor and its backends (agent endpoint, ECS API).
+//! - `sqs`: the counted [`Sqs`] client (SDK and direct paths), the deleter, the visibility keeper.
+//! - `config`: [`Config`], and the flags and env vars it is parsed from.
+//! - `observe`: `/health` and `/metrics` beside the loop.
+//! - `app`: the composition root of `queue-worker run`, and the AWS set-up.
+//! - `cli`: the commands and their exit codes ([`cli::main`]).
+//! - `telemetry`: text or JSON logs; `stats`: the worker's counters; `limits`: SQS and ECS
+//!   limits; `backoff`, `sync`: small shared pieces.
+//!
+//! Embedding the worker: build a [`Config`], an [`Sqs`] client ([`Sqs::connect`] with
+//! [`aws_config()`]), a [`Protector`], and call [`run`] with your [`Handler`] (see
+//! `examples/custom-handler.rs`).
 
-pub mod backoff;
+#![warn(missing_docs)]
+
+mod app;
+mod backoff;
 pub mod cli;
-pub mod config;
-pub mod ecs_cmd;
-pub mod exec;
-pub mod forward;
-pub mod handler;
-pub mod limits;
-pub mod observe;
-pub mod protection;
-pub mod send;
-pub mod sqs;
-pub mod sqs_wire;
-pub mod stats;
-pub mod telemetry;
-pub mod worker;
+mod config;
+mod handler;
+mod limits;
+mod observe;
+mod protection;
+mod sqs;
+mod stats;
+mod sync;
+mod telemetry;
+mod worker;
 
-pub use config::Config;
-pub use handler::{handler_fn, Handler, Job, Outcome};
-pub use worker::run;
+pub use app::{aws_config, http_client};
+pub use backoff::Backoff;
+pub use config::{
+    Config, ConfigError, DeadLetterConfig, ProtectMode, ProtectionBackendKind, ProtectionConfig,
+};
+pub use handler::{
+    handler_fn, ExecHandler, FnHandler, ForwardHandler, Handler, Job, Outcome, SimulatedJob,
+    EXIT_PERMANENT,
+};
+pub use observe::health_probe;
+pub use protection::{CallCounts, ProtectionError, Protector, Status as ProtectionStatus, Timing};
+pub use sqs::{Sqs, SqsClientKind, SqsError, SqsErrorKind};
+pub use stats::{Snapshot, Stats};
+pub use telemetry::{init as init_logging, LogFormat};
+pub use worker::{run, WorkerError};

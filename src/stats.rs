@@ -13,6 +13,7 @@ macro_rules! counters {
         pub struct Snapshot { $(#[doc = $doc] pub $name: u64,)* }
 
         impl Stats {
+            /// Every counter, read now.
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
@@ -43,7 +44,7 @@ counters! {
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 }

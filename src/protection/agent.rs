@@ -1,7 +1,7 @@
 //! Protection through the ECS agent endpoint: `PUT $ECS_AGENT_URI/task-protection/v1/state`.
 //!
-//! [`classify`] reads every reply shape of platform-facts §1, deciding on status and `Code`,
-//! never on message text. A refusal can arrive inside an HTTP 200 (`failure`).
+//! [`classify`] reads every reply shape the agent sends, deciding on status and `Code`, never on
+//! message text. A refusal can arrive inside an HTTP 200 (`failure`).
 
 use serde::Deserialize;
 
@@ -62,7 +62,7 @@ pub(crate) fn classify_reason(reason: &str, detail: &str) -> ProtectionError {
 }
 
 /// Maps an agent reply (status, body) to a result.
-pub fn classify(status: u16, body: &str) -> Result<Granted, ProtectionError> {
+pub(crate) fn classify(status: u16, body: &str) -> Result<Granted, ProtectionError> {
     if status == 429 {
         return Err(ProtectionError::Transient(
             "agent rate limit (HTTP 429)".into(),
@@ -133,13 +133,13 @@ pub fn classify(status: u16, body: &str) -> Result<Granted, ProtectionError> {
 }
 
 /// The agent endpoint client.
-pub struct AgentBackend {
+pub(crate) struct AgentBackend {
     http: reqwest::Client,
     url: String,
 }
 
 impl AgentBackend {
-    pub fn new(agent_uri: &str) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(agent_uri: &str) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(ECS_AGENT_CLIENT_TIMEOUT)
             .connect_timeout(std::time::Duration::from_secs(2))

@@ -9,7 +9,7 @@
 //! idle period at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Protector, Status};
+use crate::sync::lock;
 
 #[derive(Debug, Default)]
 struct State {
@@ -28,7 +29,7 @@ struct State {
 }
 
 /// Shared by the pollers of one worker; see the module docs.
-pub struct Demand {
+pub(crate) struct Demand {
     protector: Arc<Protector>,
     /// Jobs running in the whole worker: protection is never released while any runs.
     running: Arc<AtomicUsize>,
@@ -38,7 +39,11 @@ pub struct Demand {
 }
 
 impl Demand {
-    pub fn new(protector: Arc<Protector>, pollers: usize, running: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(
+        protector: Arc<Protector>,
+        pollers: usize,
+        running: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             protector,
             running,
@@ -50,13 +55,12 @@ impl Demand {
         }
     }
 
-    pub fn protector(&self) -> &Protector {
+    pub(crate) fn protector(&self) -> &Protector {
         &self.protector
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        // A poisoned lock only means a panic elsewhere mid-update of plain flags: keep going.
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = lock(&self.state);
         let out = f(&mut s);
         drop(s);
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -64,11 +68,11 @@ impl Demand {
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.state.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&lock(&self.state))
     }
 
     /// Poller `slot` needs protection until at least `until`.
-    pub fn hold(&self, slot: usize, until: Instant) {
+    pub(crate) fn hold(&self, slot: usize, until: Instant) {
         self.update(|s| s.wanting[slot] = true);
         self.protector.hold_until(until);
     }
@@ -78,7 +82,7 @@ impl Demand {
     }
 
     /// Poller `slot` no longer needs protection; released once no poller does and no job runs.
-    pub fn release(&self, slot: usize) {
+    pub(crate) fn release(&self, slot: usize) {
         let none_left = self.update(|s| {
             s.wanting[slot] = false;
             !s.wanting.iter().any(|w| *w)
@@ -89,7 +93,7 @@ impl Demand {
     }
 
     /// A poller received messages (call after counting them as running): any idle period is over.
-    pub fn busy(&self) {
+    pub(crate) fn busy(&self) {
         if self.read(|s| s.idle.is_some()) {
             self.update(|s| s.idle = None);
         }
@@ -97,7 +101,7 @@ impl Demand {
 
     /// Before a protected receive: while an idle period is under way, wait it out without
     /// wanting protection (so the release can happen). False if `cancel` fired.
-    pub async fn wait_not_idle(&self, slot: usize, cancel: &CancellationToken) -> bool {
+    pub(crate) async fn wait_not_idle(&self, slot: usize, cancel: &CancellationToken) -> bool {
         if self.read(|s| s.idle.is_none()) {
             return true;
         }
@@ -112,7 +116,12 @@ impl Demand {
     /// Poller `slot` found no work and no job is running: release, wait until every poller has
     /// let go and protection is off, then stay off for `window`. Returns early when another
     /// poller gets messages. False if `cancel` fired.
-    pub async fn idle(&self, slot: usize, window: Duration, cancel: &CancellationToken) -> bool {
+    pub(crate) async fn idle(
+        &self,
+        slot: usize,
+        window: Duration,
+        cancel: &CancellationToken,
+    ) -> bool {
         let period = self.update(|s| match s.idle {
             Some(p) => p,
             None => {

@@ -17,7 +17,7 @@ struct TaskMetadata {
     task_arn: String,
 }
 
-pub struct EcsApiBackend {
+pub(crate) struct EcsApiBackend {
     ecs: aws_sdk_ecs::Client,
     http: reqwest::Client,
     metadata_url: String,
@@ -25,7 +25,10 @@ pub struct EcsApiBackend {
 }
 
 impl EcsApiBackend {
-    pub fn new(ecs: aws_sdk_ecs::Client, metadata_uri: &str) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(
+        ecs: aws_sdk_ecs::Client,
+        metadata_uri: &str,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(ECS_AGENT_CLIENT_TIMEOUT)
             .build()?;

@@ -6,9 +6,9 @@
 //! up (with one warning) on permanent ones. Every call is bounded, so nothing here can hang the
 //! worker.
 
-pub mod agent;
-pub mod demand;
-pub mod ecs_api;
+pub(crate) mod agent;
+pub(crate) mod demand;
+pub(crate) mod ecs_api;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,17 +21,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a successful call reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Granted {
+pub(crate) struct Granted {
     pub enabled: bool,
     /// `ExpirationDate` as the backend wrote it (for logs).
     pub expiration: Option<String>,
 }
 
-/// Why protection could not be set.
+/// Why protection could not be set (or its backend built).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtectionError {
     /// Worth retrying: throttling, 429, 5xx, timeouts, a refusal that may pass.
@@ -39,11 +39,16 @@ pub enum ProtectionError {
     Transient(String),
     /// Will not change by retrying: the task is standalone, or the role lacks permission.
     #[error("{problem}; fix: {fix}")]
-    Permanent { problem: String, fix: String },
+    Permanent {
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
 }
 
 /// Something that can turn protection on (for `minutes`) or off.
-pub trait ProtectionBackend: Send + Sync + 'static {
+pub(crate) trait ProtectionBackend: Send + Sync + 'static {
     fn set(&self, enabled: bool, minutes: u32) -> BoxFuture<'_, Result<Granted, ProtectionError>>;
     /// Short name for logs.
     fn name(&self) -> &'static str;
@@ -51,14 +56,14 @@ pub trait ProtectionBackend: Send + Sync + 'static {
 
 /// What the poll loop asks of the actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     /// Be protected, and stay protected at least until this instant.
     Hold { until: Instant },
     /// No work: release (once the minimum hold has passed).
     Release,
 }
 
-/// What the actor reports.
+/// Where protection stands, as the actor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Protection is off by configuration: never wait for it.
@@ -70,7 +75,10 @@ pub enum Status {
     /// Wanted but not held: the last attempt failed and a retry is scheduled.
     Failing,
     /// Protected until this instant (by our own conservative clock).
-    Held { expires: Instant },
+    Held {
+        /// When the grant ends unless refreshed.
+        expires: Instant,
+    },
 }
 
 impl Status {
@@ -87,13 +95,16 @@ impl Status {
 /// Timing of the protection actor.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
+    /// Length of each grant (refreshed at 80 %).
     pub duration: Duration,
+    /// Protection is never released sooner than this after it was taken.
     pub min_hold: Duration,
     /// Backoff between failed calls.
     pub retry: Backoff,
 }
 
 impl Timing {
+    /// `duration` grants held at least `min_hold`, retried after 250 ms to 20 s.
     pub fn new(duration: Duration, min_hold: Duration) -> Self {
         Self {
             duration,
@@ -127,8 +138,11 @@ pub struct Protector {
 /// Protection calls by outcome (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct CallCounts {
+    /// Calls that succeeded.
     pub ok: std::sync::atomic::AtomicU64,
+    /// Calls that failed in a way that may pass (retried).
     pub transient: std::sync::atomic::AtomicU64,
+    /// Calls refused for good.
     pub permanent: std::sync::atomic::AtomicU64,
 }
 
@@ -152,8 +166,54 @@ impl Protector {
         }
     }
 
+    /// Protection through the ECS agent endpoint (`$ECS_AGENT_URI`), as ECS recommends for
+    /// tasks that protect themselves.
+    pub fn agent(agent_uri: &str, timing: Timing) -> Result<Self, ProtectionError> {
+        let backend =
+            agent::AgentBackend::new(agent_uri).map_err(|e| ProtectionError::Permanent {
+                problem: format!("cannot build the agent client: {e}"),
+                fix: "check the TLS set-up of this machine".into(),
+            })?;
+        Ok(Self::start(Arc::new(backend), timing))
+    }
+
+    /// Protection through the ECS API (`UpdateTaskProtection`), with cluster and task ARN read
+    /// from task metadata v4 at `metadata_uri`.
+    pub fn ecs_api(
+        ecs: aws_sdk_ecs::Client,
+        metadata_uri: &str,
+        timing: Timing,
+    ) -> Result<Self, ProtectionError> {
+        let backend = ecs_api::EcsApiBackend::new(ecs, metadata_uri).map_err(|e| {
+            ProtectionError::Permanent {
+                problem: format!("cannot build the metadata client: {e}"),
+                fix: "check the TLS set-up of this machine".into(),
+            }
+        })?;
+        Ok(Self::start(Arc::new(backend), timing))
+    }
+
+    /// The protector `config` asks for (off, agent endpoint or ECS API).
+    pub fn from_config(
+        config: &crate::config::ProtectionConfig,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, ProtectionError> {
+        use crate::config::ProtectionBackendKind;
+        let timing = Timing::new(config.duration, config.min_hold);
+        match &config.backend {
+            ProtectionBackendKind::Off { reason } => {
+                tracing::info!("task protection off: {reason}");
+                Ok(Self::disabled())
+            }
+            ProtectionBackendKind::Agent { agent_uri } => Self::agent(agent_uri, timing),
+            ProtectionBackendKind::EcsApi { metadata_uri } => {
+                Self::ecs_api(aws_sdk_ecs::Client::new(sdk), metadata_uri, timing)
+            }
+        }
+    }
+
     /// Starts the actor. Its task is owned by the returned handle and ended by [`Protector::shutdown`].
-    pub fn start(backend: Arc<dyn ProtectionBackend>, timing: Timing) -> Self {
+    pub(crate) fn start(backend: Arc<dyn ProtectionBackend>, timing: Timing) -> Self {
         let (want, want_rx) = watch::channel(Want::Release);
         let (status_tx, status) = watch::channel(Status::Released);
         let stop = CancellationToken::new();
@@ -179,6 +239,7 @@ impl Protector {
         }
     }
 
+    /// Where protection stands now.
     pub fn status(&self) -> Status {
         *self.status.borrow()
     }
@@ -193,12 +254,13 @@ impl Protector {
         self.status.clone()
     }
 
+    /// False when protection is off (no actor, no calls).
     pub fn is_enabled(&self) -> bool {
         self.actor.is_some()
     }
 
     /// Asks for protection that lasts at least until `until`. Cheap when already satisfied.
-    pub fn hold_until(&self, until: Instant) {
+    pub(crate) fn hold_until(&self, until: Instant) {
         self.want.send_if_modified(|w| match *w {
             // Nudging the actor for every receive would be wasted wake-ups: only when the need grows.
             Want::Hold { until: old } if old + Duration::from_secs(1) >= until => false,
@@ -210,7 +272,7 @@ impl Protector {
     }
 
     /// Asks for release (after the minimum hold).
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.want.send_if_modified(|w| {
             let changed = *w != Want::Release;
             *w = Want::Release;
@@ -219,7 +281,7 @@ impl Protector {
     }
 
     /// Waits until the status satisfies `pred`, or `cancel` fires (returns false then).
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         cancel: &CancellationToken,
         pred: impl Fn(&Status) -> bool,
@@ -232,7 +294,7 @@ impl Protector {
     }
 
     /// Waits until protection covers `until` (or is off/unavailable); false if `cancel` fired.
-    pub async fn wait_covered(&self, cancel: &CancellationToken, until: Instant) -> bool {
+    pub(crate) async fn wait_covered(&self, cancel: &CancellationToken, until: Instant) -> bool {
         if self.status().covers(until) {
             return true;
         }
@@ -241,7 +303,7 @@ impl Protector {
     }
 
     /// Stops the actor and releases protection if held, giving up at `deadline`.
-    pub async fn shutdown(self, deadline: Instant) {
+    pub(crate) async fn shutdown(self, deadline: Instant) {
         let Some(actor) = self.actor else { return };
         actor.stop.cancel();
         let held = match actor.task.await {

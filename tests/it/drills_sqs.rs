@@ -10,16 +10,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
-use queue_worker::handler::Outcome;
-use queue_worker::protection::{agent::AgentBackend, Protector, Status, Timing};
-use queue_worker::sqs::Sqs;
-use queue_worker::stats::Stats;
+use queue_worker::{Outcome, ProtectionStatus as Status, Protector};
 use serde_json::json;
 use testkit::agent_double::{Reply, ReplyKind};
 use testkit::fault_proxy::{FaultConfig, FaultKind, FaultProxy, Shares};
@@ -128,9 +124,9 @@ async fn drill_sqs_faults() {
     // Short enough that a message whose receive answer was lost comes back soon.
     cfg.visibility_timeout = SECS(4);
     // Every retry delay rounds up to 1 s (SQS counts whole seconds).
-    cfg.retry = queue_worker::backoff::Backoff::new(Duration::from_millis(500), SECS(1));
+    cfg.retry = queue_worker::Backoff::new(Duration::from_millis(500), SECS(1));
     let rec = Recorder::new();
-    let w = start_through(&proxy.endpoint(), cfg, Protector::disabled(), rec.clone());
+    let w = start_through(&proxy.endpoint(), cfg, Protector::disabled(), rec.clone()).await;
 
     let settled = wait_until(SECS(120), || async {
         let succeeded: HashSet<String> = rec
@@ -485,10 +481,13 @@ async fn drill_agent_faults() {
 
     let relay = Relay::start(double.local_addr()).await;
     let agent_uri = format!("http://{}/api/{}", relay.addr, task.endpoint_id());
-    let backend = AgentBackend::new(&agent_uri).expect("agent client");
     // A 10 s grant (ExpiresInMinutes is still 1): refreshed every few seconds while busy, so the
     // random faults meet refreshes too. It must exceed the long poll plus the 5 s cover margin.
-    let protector = Protector::start(Arc::new(backend), Timing::new(SECS(10), Duration::ZERO));
+    let protector = Protector::agent(
+        &agent_uri,
+        queue_worker::Timing::new(SECS(10), Duration::ZERO),
+    )
+    .expect("agent client");
     let calls = protector.calls();
     let status = protector.subscribe();
 
@@ -497,7 +496,7 @@ async fn drill_agent_faults() {
     let mut cfg = fast_config(&q);
     cfg.protection.idle_window = SECS(1);
     let shutdown_timeout = cfg.shutdown_timeout;
-    let w = start(cfg, protector, rec.clone());
+    let w = start(cfg, protector, rec.clone()).await;
 
     // Phase 1: random agent faults while 60 messages are processed in 4 waves, the worker
     // taking and releasing protection around each (and refreshing it during the longer jobs).
@@ -688,7 +687,7 @@ async fn drill_agent_faults() {
 /// next job started (and ran) unprotected without a single agent call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_release_answer_never_lets_a_job_start_unprotected() {
-    use queue_worker::config::ProtectMode;
+    use queue_worker::ProtectMode;
     let c = client();
     let q = create_queue(&c, "lostrelease", &[]).await;
     let (double, task) = agent_task().await;
@@ -701,13 +700,12 @@ async fn a_lost_release_answer_never_lets_a_job_start_unprotected() {
             then: Box::new(Reply::Normal),
         },
     ]);
-    let backend = AgentBackend::new(&task.agent_uri()).expect("agent client");
-    let protector = Protector::start(Arc::new(backend), Timing::new(SECS(60), Duration::ZERO));
+    let protector = agent_protector(&task, SECS(60), Duration::ZERO);
     let probe_task = task.clone();
     let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
     let mut cfg = fast_config(&q);
     cfg.protection.mode = ProtectMode::OnReceipt;
-    let w = start(cfg, protector, rec.clone());
+    let w = start(cfg, protector, rec.clone()).await;
     send_bodies(&c, &q, &["10ms"]).await;
     assert!(wait_until(SECS(10), || async { rec.successes() == 1 }).await);
     assert!(
@@ -727,39 +725,4 @@ async fn a_lost_release_answer_never_lets_a_job_start_unprotected() {
         task.calls()
     );
     double.shutdown().await;
-}
-
-/// `return_now` counts as returned only the messages SQS actually made visible again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn returned_messages_are_counted_only_when_sqs_applied_the_change() {
-    let c = client();
-    let q = create_queue(&c, "returned", &[]).await;
-    let bodies: Vec<String> = (0..10).map(|i| format!("{i}ms")).collect();
-    send_bodies(&c, &q, &bodies).await;
-    let proxy = FaultProxy::start(
-        &fauxqs().endpoint,
-        FaultConfig::new(5, Shares::only(FaultKind::PartialBatch)),
-    )
-    .await
-    .expect("proxy");
-    let stats = Arc::new(Stats::default());
-    let sqs = Sqs::new(
-        aws_sdk_sqs::Client::from_conf(sqs_config(&proxy.endpoint())),
-        stats.clone(),
-    )
-    .with_wire(wire(&proxy.endpoint()).await);
-    let mut got = Vec::new();
-    while got.len() < 10 {
-        let batch = sqs
-            .receive(&q, 10, SECS(1), SECS(60))
-            .await
-            .expect("receive (not a batch operation: never faulted here)");
-        assert!(!batch.is_empty(), "messages to receive");
-        got.extend(batch);
-    }
-    sqs.return_now(&q, &got).await;
-    let (visible, in_flight) = counts(&c, &q).await;
-    assert!(in_flight > 0, "some returns failed");
-    assert_eq!(stats.snapshot().messages_returned, visible);
-    proxy.shutdown().await;
 }

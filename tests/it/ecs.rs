@@ -70,7 +70,7 @@ impl Moto {
                 .region(Region::new("us-east-1"))
                 .credentials_provider(test_credentials())
                 .endpoint_url(&self.endpoint)
-                .http_client(queue_worker::cli::http_client())
+                .http_client(queue_worker::http_client())
                 .build(),
         )
     }

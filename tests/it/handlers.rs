@@ -4,8 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
-use queue_worker::exec::ExecHandler;
-use queue_worker::protection::Protector;
+use queue_worker::{ExecHandler, Protector};
 
 use crate::support::*;
 
@@ -53,7 +52,7 @@ async fn exec_gets_body_on_stdin_and_metadata_in_env_and_exit_0_deletes() {
         .message_id
         .expect("id");
     let script = r#"cat > "$1/$MESSAGE_ID.body"; printf '%s %s' "$RECEIVE_COUNT" "$MESSAGE_ATTR_COLOUR" > "$1/$MESSAGE_ID.env"; echo "hello from the job""#;
-    let w = start(fast_config(&q), Protector::disabled(), sh(script, &dir));
+    let w = start(fast_config(&q), Protector::disabled(), sh(script, &dir)).await;
     assert!(
         wait_until(SECS(10), || async { counts(&c, &q).await == (0, 0) }).await,
         "deleted after exit 0"
@@ -84,11 +83,11 @@ async fn exec_nonzero_retries_and_65_dead_letters_at_once() {
     let dir = temp_dir("exec-fail");
     let script = r#"body=$(cat); echo "$RECEIVE_COUNT" >> "$1/$body"; [ "$body" = poison ] && exit 65; [ "$RECEIVE_COUNT" -ge 2 ] && exit 0; exit 3"#;
     let mut cfg = fast_config(&q);
-    cfg.dead_letter = Some(queue_worker::config::DeadLetterConfig {
+    cfg.dead_letter = Some(queue_worker::DeadLetterConfig {
         queue_url: dlq.clone(),
         max_receives: 5,
     });
-    let w = start(cfg, Protector::disabled(), sh(script, &dir));
+    let w = start(cfg, Protector::disabled(), sh(script, &dir)).await;
     assert!(wait_until(SECS(15), || async { counts(&c, &q).await == (0, 0) }).await);
     let snap = w.stop().await;
     assert_eq!(
@@ -114,7 +113,7 @@ async fn job_timeout_sends_sigterm_to_the_child_and_counts_a_failure() {
     let script = r#"trap 'echo term > "$1/term"; exit 143' TERM; sleep 30 & wait"#;
     let mut cfg = fast_config(&q);
     cfg.job_timeout = Some(SECS(1));
-    let w = start(cfg, Protector::disabled(), sh(script, &dir));
+    let w = start(cfg, Protector::disabled(), sh(script, &dir)).await;
     assert!(
         wait_until(SECS(10), || async { w.snapshot().jobs_timed_out == 1 }).await,
         "timed out"
@@ -138,7 +137,7 @@ async fn shutdown_deadline_sends_sigterm_to_the_child_and_returns_the_message() 
         r#"touch "$1/started"; trap 'echo term > "$1/term"; exit 143' TERM; sleep 30 & wait"#;
     let mut cfg = fast_config(&q);
     cfg.shutdown_timeout = SECS(1);
-    let w = start(cfg, Protector::disabled(), sh(script, &dir));
+    let w = start(cfg, Protector::disabled(), sh(script, &dir)).await;
     assert!(wait_until(SECS(10), || async { dir.join("started").exists() }).await);
     let snap = w.stop().await;
     assert_eq!(snap.jobs_cancelled, 1);
@@ -238,8 +237,8 @@ async fn forward_posts_with_sqsd_headers_honours_retry_after_and_reuses_connecti
     let q = create_queue(&c, "forward", &[]).await;
     let app = App::default();
     let base = serve_app(app.clone()).await;
-    let handler = queue_worker::forward::ForwardHandler::new(&format!("{base}/work"), &q, SECS(5))
-        .expect("client");
+    let handler =
+        queue_worker::ForwardHandler::new(&format!("{base}/work"), SECS(5)).expect("client");
     let cancel = tokio_util::sync::CancellationToken::new();
     assert!(handler.wait_ready(&format!("{base}/health"), &cancel).await);
     assert_eq!(
@@ -269,7 +268,7 @@ async fn forward_posts_with_sqsd_headers_honours_retry_after_and_reuses_connecti
     send_bodies(&c, &q, &["bad"]).await;
     let mut cfg = fast_config(&q);
     cfg.concurrency = 2;
-    let w = start(cfg, Protector::disabled(), handler);
+    let w = start(cfg, Protector::disabled(), handler).await;
     assert!(
         wait_until(SECS(15), || async { w.snapshot().messages_deleted == 22 }).await,
         "ok and busy (after its retry) deleted"

@@ -10,5 +10,4 @@ mod local_ecs;
 mod queues;
 mod soak;
 mod support;
-mod wire;
 mod worker;

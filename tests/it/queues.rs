@@ -2,10 +2,9 @@
 //! task, released only when every queue is idle.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use queue_worker::protection::{agent::AgentBackend, Protector, Timing};
+use queue_worker::Protector;
 
 use crate::support::*;
 
@@ -40,7 +39,7 @@ async fn two_queues_share_one_budget_fairly_and_each_message_runs_once() {
     let mut cfg = fast_config(&qa);
     cfg.extra_queue_urls = vec![qb.clone()];
     cfg.concurrency = 4;
-    let w = start(cfg, Protector::disabled(), rec.clone());
+    let w = start(cfg, Protector::disabled(), rec.clone()).await;
     assert!(wait_until(SECS(30), || async { rec.successes() == 24 }).await);
     assert!(
         wait_until(SECS(10), || async {
@@ -88,14 +87,13 @@ async fn with_two_idle_queues_protection_is_released_and_work_on_either_is_prote
     let qa = create_queue(&c, "prot-a", &[]).await;
     let qb = create_queue(&c, "prot-b", &[]).await;
     let (_double, task) = agent_task().await;
-    let backend = AgentBackend::new(&task.agent_uri()).expect("agent client");
-    let protector = Protector::start(Arc::new(backend), Timing::new(SECS(60), Duration::ZERO));
+    let protector = agent_protector(&task, SECS(60), Duration::ZERO);
     let probe_task = task.clone();
     let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
     let mut cfg = fast_config(&qa);
     cfg.extra_queue_urls = vec![qb.clone()];
     cfg.protection.idle_window = SECS(2);
-    let w = start(cfg, protector, rec.clone());
+    let w = start(cfg, protector, rec.clone()).await;
     // Pollers that went idle at different moments would take turns holding protection for ever;
     // released means they went idle together.
     assert!(

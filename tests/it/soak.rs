@@ -450,14 +450,34 @@ async fn soak() {
     let _ = std::fs::remove_dir_all(&logs);
 }
 
-#[test]
-fn soak_bodies_carry_their_number_and_parse_as_jobs() {
+/// Each body carries its number and runs as a simulated job of the soak's kind: always-fail ones
+/// fail on every receive, the others succeed by their second receive, all in under 2 s.
+#[tokio::test(start_paused = true)]
+async fn soak_bodies_carry_their_number_and_run_as_jobs() {
+    use queue_worker::{Handler, Job, Outcome, SimulatedJob};
     for seq in [0, 1, 4, 7, 33, 99_999, 999_999] {
         let body = body_of(seq);
         assert_eq!(seq_of(&body), Some(seq), "{body}");
-        let spec =
-            queue_worker::handler::parse_sim_body(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
-        assert_eq!(spec.fail, kind_of(seq) == Kind::AlwaysFail, "{body}");
-        assert!(spec.duration < SECS(2), "{body}");
+        let job = |receive_count| Job {
+            message_id: format!("m{seq}"),
+            body: body.clone(),
+            receive_count,
+            group_id: None,
+            attributes: Default::default(),
+            message_attributes: Default::default(),
+            queue_url: "http://127.0.0.1:1/000000000000/soak".into(),
+            queue_name: "soak".into(),
+            cancel: Default::default(),
+        };
+        let started = tokio::time::Instant::now();
+        let first = SimulatedJob.handle(job(1)).await;
+        assert!(started.elapsed() < SECS(2), "{body}");
+        assert!(
+            !matches!(first, Outcome::Permanent { .. }),
+            "{body} is a job: {first:?}"
+        );
+        let second = SimulatedJob.handle(job(2)).await;
+        let always_fails = matches!(second, Outcome::Retry { .. });
+        assert_eq!(always_fails, kind_of(seq) == Kind::AlwaysFail, "{body}");
     }
 }

@@ -11,12 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
-pub use queue_worker::config::SqsClientKind;
-use queue_worker::handler::{Handler, Job, Outcome, SimulatedJob};
-use queue_worker::protection::Protector;
-use queue_worker::sqs::Sqs;
-use queue_worker::stats::{Snapshot, Stats};
-use queue_worker::Config;
+pub use queue_worker::SqsClientKind;
+use queue_worker::{Config, Handler, Job, Outcome, Protector, SimulatedJob, Snapshot, Sqs, Stats};
 use testkit::fauxqs::Fauxqs;
 use tokio_util::sync::CancellationToken;
 
@@ -39,32 +35,22 @@ pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::Config {
         .region(Region::new("us-east-1"))
         .credentials_provider(test_credentials())
         .endpoint_url(endpoint)
-        .http_client(queue_worker::cli::http_client())
+        .http_client(queue_worker::http_client())
         .build()
 }
 
-/// The direct receive/delete client for `endpoint`, with the same region and credentials.
-pub async fn wire(endpoint: &str) -> queue_worker::sqs_wire::SqsWire {
-    wire_as("us-east-1", endpoint, test_credentials()).await
-}
-
-/// A direct receive/delete client for `endpoint` in `region`, signing as `creds`.
-pub async fn wire_as(
-    region: &str,
-    endpoint: &str,
-    creds: Credentials,
-) -> queue_worker::sqs_wire::SqsWire {
-    queue_worker::sqs_wire::SqsWire::new(
-        &queue_worker::sqs_wire::WireSettings {
-            region: region.into(),
-            endpoint_url: Some(endpoint.into()),
-            use_fips: false,
-            use_dual_stack: false,
-        },
-        aws_sdk_sqs::config::SharedCredentialsProvider::new(creds),
-    )
-    .await
-    .expect("direct SQS client")
+/// AWS settings for `endpoint` with the test region and credentials, as `aws_config()` would
+/// load them from the environment.
+pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+            test_credentials(),
+        ))
+        .endpoint_url(endpoint)
+        .http_client(queue_worker::http_client())
+        .build()
 }
 
 pub fn client() -> aws_sdk_sqs::Client {
@@ -193,7 +179,7 @@ pub fn fast_config(queue_url: &str) -> Config {
     let mut c = Config::new(queue_url);
     c.wait_time = Duration::from_secs(1);
     c.shutdown_timeout = Duration::from_secs(5);
-    c.retry = queue_worker::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+    c.retry = queue_worker::Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
     c.delete_linger = Duration::from_millis(5);
     c
 }
@@ -279,7 +265,7 @@ impl Handler for Recorder {
 pub struct Running {
     pub shutdown: CancellationToken,
     pub stats: Arc<Stats>,
-    pub task: tokio::task::JoinHandle<Result<Snapshot, queue_worker::worker::WorkerError>>,
+    pub task: tokio::task::JoinHandle<Result<Snapshot, queue_worker::WorkerError>>,
 }
 
 impl Running {
@@ -297,39 +283,35 @@ impl Running {
     }
 }
 
-pub fn start<H: Handler>(config: Config, protector: Protector, handler: H) -> Running {
-    start_through(&fauxqs().endpoint, config, protector, handler)
+pub async fn start<H: Handler>(config: Config, protector: Protector, handler: H) -> Running {
+    start_through(&fauxqs().endpoint, config, protector, handler).await
 }
 
 /// A worker like [`start`], but talking to SQS through `endpoint` (e.g. the fault proxy).
-pub fn start_through<H: Handler>(
+pub async fn start_through<H: Handler>(
     endpoint: &str,
     config: Config,
     protector: Protector,
     handler: H,
 ) -> Running {
-    start_with(endpoint, config, protector, handler, SqsClientKind::Direct)
+    start_with(endpoint, config, protector, handler, SqsClientKind::Direct).await
 }
 
-/// A worker like [`start`], with receives and deletes sent the `client` way.
-pub fn start_with<H: Handler>(
+/// A worker like [`start`], with receives and deletes sent the `kind` way.
+pub async fn start_with<H: Handler>(
     endpoint: &str,
     config: Config,
     protector: Protector,
     handler: H,
     kind: SqsClientKind,
 ) -> Running {
-    let stats = Arc::new(Stats::default());
-    let client = aws_sdk_sqs::Client::from_conf(sqs_config(endpoint));
-    let sqs = Sqs::new(client, stats.clone());
+    let sqs = Sqs::connect(&sdk_config(endpoint), kind)
+        .await
+        .expect("SQS client");
+    let stats = sqs.stats();
     let shutdown = CancellationToken::new();
-    let endpoint = endpoint.to_string();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        let sqs = match kind {
-            SqsClientKind::Direct => sqs.with_wire(wire(&endpoint).await),
-            SqsClientKind::Sdk => sqs,
-        };
         queue_worker::run(config, sqs, protector, Arc::new(handler), stop).await
     });
     Running {
@@ -337,6 +319,24 @@ pub fn start_with<H: Handler>(
         stats,
         task,
     }
+}
+
+/// `GET /health` of the worker serving `addr`.
+pub async fn health(addr: std::net::SocketAddr) -> Result<String, String> {
+    queue_worker::health_probe(addr).await
+}
+
+/// Protection through the agent endpoint of `task`, with 60 s grants held at least `min_hold`.
+pub fn agent_protector(
+    task: &testkit::agent_double::TaskEndpoint,
+    grant: Duration,
+    min_hold: Duration,
+) -> Protector {
+    Protector::agent(
+        &task.agent_uri(),
+        queue_worker::Timing::new(grant, min_hold),
+    )
+    .expect("agent client")
 }
 
 /// Path of the built worker binary (cargo builds it for integration tests).

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use queue_worker::config::ProtectMode;
-use queue_worker::handler::{Handler, Outcome};
-use queue_worker::protection::{agent::AgentBackend, Protector, Timing};
+use queue_worker::{Handler, Outcome, ProtectMode, Protector};
 use testkit::agent_double::{AgentDouble, Reply, ReplyKind, TaskEndpoint};
 
 use crate::support::*;
@@ -19,8 +17,7 @@ async fn agent() -> (AgentDouble, TaskEndpoint) {
 }
 
 fn protector_for(task: &TaskEndpoint, min_hold: Duration) -> Protector {
-    let backend = AgentBackend::new(&task.agent_uri()).expect("agent client");
-    Protector::start(Arc::new(backend), Timing::new(SECS(60), min_hold))
+    agent_protector(task, SECS(60), min_hold)
 }
 
 /// Protected intervals reconstructed from the double's call log: an enable protects from its
@@ -68,7 +65,8 @@ async fn processed_once_and_deleted(client_kind: SqsClientKind) {
         Protector::disabled(),
         rec.clone(),
         client_kind,
-    );
+    )
+    .await;
     assert!(
         wait_until(SECS(30), || async { counts(&c, &q).await == (0, 0) }).await,
         "queue drained"
@@ -100,8 +98,8 @@ async fn a_job_longer_than_the_visibility_timeout_runs_once() {
     cfg.visibility_timeout = SECS(2);
     // Two workers on one queue: if the visibility lapsed, the other would receive the message.
     let rec = Recorder::new();
-    let a = start(cfg.clone(), Protector::disabled(), rec.clone());
-    let b = start(cfg, Protector::disabled(), rec.clone());
+    let a = start(cfg.clone(), Protector::disabled(), rec.clone()).await;
+    let b = start(cfg, Protector::disabled(), rec.clone()).await;
     assert!(wait_until(SECS(20), || async { rec.successes() == 1 }).await);
     assert!(
         wait_until(SECS(5), || async { counts(&c, &q).await == (0, 0) }).await,
@@ -123,7 +121,7 @@ async fn a_failing_job_is_redelivered_with_backoff_then_dead_lettered_by_redrive
     let (q, dlq) = queue_with_redrive(&c, 3).await;
     let ids = send_bodies(&c, &q, &[r#"{"duration_ms": 10, "fail": true}"#]).await;
     let rec = Recorder::new();
-    let w = start(fast_config(&q), Protector::disabled(), rec.clone());
+    let w = start(fast_config(&q), Protector::disabled(), rec.clone()).await;
     assert!(
         wait_until(SECS(30), || async { counts(&c, &dlq).await.0 == 1 }).await,
         "moved to the DLQ"
@@ -158,7 +156,7 @@ async fn an_invalid_body_is_not_deleted() {
     let q = create_queue(&c, "invalid", &[]).await;
     send_bodies(&c, &q, &["hello, not a job"]).await;
     let rec = Recorder::new();
-    let w = start(fast_config(&q), Protector::disabled(), rec.clone());
+    let w = start(fast_config(&q), Protector::disabled(), rec.clone()).await;
     assert!(
         wait_until(SECS(10), || async {
             !rec.seen().is_empty() && rec.seen()[0].outcome.is_some()
@@ -190,7 +188,7 @@ async fn protection_is_held_during_every_job_and_released_when_idle() {
     let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
     let mut cfg = fast_config(&q);
     cfg.protection.idle_window = SECS(1);
-    let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone());
+    let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone()).await;
     assert!(
         wait_until(SECS(10), || async {
             !task.protection().enabled && !task.calls().is_empty()
@@ -251,7 +249,7 @@ async fn on_receipt_mode_polls_unprotected_and_protects_before_jobs_start() {
     let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
     let mut cfg = fast_config(&q);
     cfg.protection.mode = ProtectMode::OnReceipt;
-    let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone());
+    let w = start(cfg, protector_for(&task, Duration::ZERO), rec.clone()).await;
     tokio::time::sleep(SECS(3)).await;
     assert!(
         task.calls().is_empty(),
@@ -298,7 +296,8 @@ async fn agent_faults_neither_hang_nor_crash_and_no_job_starts_unprotected() {
         fast_config(&q),
         protector_for(&task, Duration::ZERO),
         rec.clone(),
-    );
+    )
+    .await;
     assert!(
         wait_until(SECS(40), || async { rec.successes() == 3 }).await,
         "jobs ran once the agent recovered"
@@ -335,7 +334,8 @@ async fn a_hanging_agent_never_blocks_shutdown() {
         fast_config(&q),
         protector_for(&task, Duration::ZERO),
         rec.clone(),
-    );
+    )
+    .await;
     tokio::time::sleep(SECS(2)).await;
     assert!(rec.seen().is_empty(), "nothing received without protection");
     let stopped = tokio::time::Instant::now();
@@ -356,7 +356,8 @@ async fn a_permanent_refusal_runs_jobs_unprotected_after_one_call() {
         fast_config(&q),
         protector_for(&task, Duration::ZERO),
         rec.clone(),
-    );
+    )
+    .await;
     assert!(wait_until(SECS(15), || async { rec.successes() == 2 }).await);
     w.stop().await;
     assert_eq!(task.calls().len(), 1, "TASK_NOT_VALID is asked once");
@@ -373,7 +374,7 @@ async fn a_panicking_handler_fails_the_job_and_the_loop_goes_on() {
         }
         Outcome::Success
     });
-    let w = start(fast_config(&q), Protector::disabled(), handler);
+    let w = start(fast_config(&q), Protector::disabled(), handler).await;
     assert!(
         wait_until(SECS(10), || async {
             w.snapshot().jobs_panicked >= 1 && w.snapshot().messages_deleted == 1
@@ -394,7 +395,7 @@ async fn shutdown_deadline_cancels_jobs_and_returns_their_messages_at_once() {
     let rec = Recorder::new();
     let mut cfg = fast_config(&q);
     cfg.shutdown_timeout = SECS(1);
-    let w = start(cfg, Protector::disabled(), rec.clone());
+    let w = start(cfg, Protector::disabled(), rec.clone()).await;
     assert!(
         wait_until(SECS(10), || async {
             rec.seen().len() == 2 && rec.successes() == 1
@@ -434,12 +435,12 @@ async fn without_redrive_the_worker_dead_letters_after_max_receives_keeping_body
         .expect("send");
     send_bodies(&c, &q, &["not a job at all"]).await;
     let mut cfg = fast_config(&q);
-    cfg.dead_letter = Some(queue_worker::config::DeadLetterConfig {
+    cfg.dead_letter = Some(queue_worker::DeadLetterConfig {
         queue_url: dlq.clone(),
         max_receives: 2,
     });
     let rec = Recorder::new();
-    let w = start(cfg, Protector::disabled(), rec.clone());
+    let w = start(cfg, Protector::disabled(), rec.clone()).await;
     assert!(
         wait_until(SECS(30), || async { counts(&c, &dlq).await.0 == 2 }).await,
         "both dead-lettered"
@@ -503,7 +504,7 @@ async fn metrics_count_what_happened_and_health_is_ok_while_polling() {
     let addr = free_addr();
     let mut cfg = fast_config(&q);
     cfg.metrics_addr = Some(addr);
-    let w = start(cfg, Protector::disabled(), Recorder::new());
+    let w = start(cfg, Protector::disabled(), Recorder::new()).await;
     assert!(
         wait_until(SECS(10), || async {
             w.snapshot().jobs_succeeded == 2 && w.snapshot().jobs_failed == 1
@@ -540,7 +541,7 @@ async fn metrics_count_what_happened_and_health_is_ok_while_polling() {
         .await
         .expect("health");
     assert_eq!(health.status().as_u16(), 200);
-    assert_eq!(queue_worker::observe::probe(addr).await, Ok("ok".into()));
+    assert_eq!(crate::support::health(addr).await, Ok("ok".into()));
     w.stop().await;
 }
 
@@ -561,9 +562,7 @@ async fn health_turns_unhealthy_when_the_queue_never_answers() {
     let mut cfg = fast_config(&format!("{endpoint}/000000000000/q"));
     cfg.metrics_addr = Some(addr);
     cfg.health_grace = SECS(1);
-    let stats = Arc::new(queue_worker::stats::Stats::default());
-    let sqs =
-        queue_worker::sqs::Sqs::new(aws_sdk_sqs::Client::from_conf(sqs_config(&endpoint)), stats);
+    let sqs = queue_worker::Sqs::new(aws_sdk_sqs::Client::from_conf(sqs_config(&endpoint)));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(queue_worker::run(
         cfg,
@@ -573,17 +572,12 @@ async fn health_turns_unhealthy_when_the_queue_never_answers() {
         shutdown.clone(),
     ));
     assert!(
-        wait_until(SECS(3), || async {
-            queue_worker::observe::probe(addr).await.is_ok()
-        })
-        .await,
+        wait_until(SECS(3), || async { health(addr).await.is_ok() }).await,
         "healthy at first"
     );
     assert!(
         wait_until(SECS(10), || async {
-            queue_worker::observe::probe(addr)
-                .await
-                .is_err_and(|e| e.contains("unhealthy"))
+            health(addr).await.is_err_and(|e| e.contains("unhealthy"))
         })
         .await,
         "unhealthy once the loop is stuck past wait + grace"
@@ -653,7 +647,7 @@ async fn fifo_groups_run_in_order_and_in_parallel_even_across_a_retry() {
             }
         }
     });
-    let w = start(fast_config(&q), Protector::disabled(), handler);
+    let w = start(fast_config(&q), Protector::disabled(), handler).await;
     assert!(
         wait_until(SECS(40), || async { w.snapshot().messages_deleted == 12 }).await,
         "all 12 done: {:?}",
@@ -744,9 +738,9 @@ async fn sns_notifications_from_a_real_topic_subscription_are_unwrapped() {
     let rec = seen.clone();
     let handler = queue_worker::handler_fn(move |job: queue_worker::Job| {
         rec.lock().expect("lock").push(job.clone());
-        queue_worker::handler::SimulatedJob.handle(job)
+        queue_worker::SimulatedJob.handle(job)
     });
-    let w = start(fast_config(&q), Protector::disabled(), handler);
+    let w = start(fast_config(&q), Protector::disabled(), handler).await;
     assert!(
         wait_until(SECS(10), || async { w.snapshot().messages_deleted == 1 }).await,
         "{:?}",

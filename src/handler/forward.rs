@@ -4,13 +4,13 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::handler::{Handler, Job, Outcome};
+use super::{Handler, Job, Outcome};
 
+/// POSTs each body to a local app, sqsd-style.
 #[derive(Debug, Clone)]
 pub struct ForwardHandler {
     client: reqwest::Client,
     url: String,
-    queue_name: String,
 }
 
 /// Header values must be visible ASCII; attribute values that are not are left out.
@@ -24,25 +24,24 @@ fn epoch_ms_to_rfc3339(ms: &str) -> Option<String> {
 }
 
 /// `Retry-After` in seconds (HTTP dates are not used by local apps; they count as absent).
-pub fn retry_after(value: Option<&str>) -> Option<Duration> {
+pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
     value
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
 }
 
 impl ForwardHandler {
-    /// One pooled client for every job: connections to the app are reused.
-    pub fn new(url: &str, queue_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// One pooled client for every job: connections to the app are reused. `timeout` bounds
+    /// each request.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("aws-sqsd/queue-worker-", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let queue_name = queue_url.rsplit('/').next().unwrap_or_default().to_string();
         Ok(Self {
             client,
             url: url.to_string(),
-            queue_name,
         })
     }
 
@@ -86,7 +85,10 @@ impl Handler for ForwardHandler {
             .header("content-type", "application/json")
             .header("X-Aws-Sqsd-Msgid", &job.message_id)
             .header("X-Aws-Sqsd-Receive-Count", job.receive_count.to_string())
-            .header("X-Aws-Sqsd-Queue", &self.queue_name);
+            .header("X-Aws-Sqsd-Queue", &*job.queue_name);
+        if let Some(g) = job.group_id.as_deref().filter(|g| header_safe(g)) {
+            req = req.header("X-Aws-Sqsd-Message-Group-Id", g);
+        }
         if let Some(t) = job
             .attributes
             .get("ApproximateFirstReceiveTimestamp")

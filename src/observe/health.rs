@@ -1,20 +1,14 @@
-//! Health and metrics beside the poll loop: `/health` (is the loop alive?) and `/metrics`
-//! (Prometheus text) on `--metrics-addr`, and the `queue-worker health` probe that asks them.
+//! `/health`: the poll loops' heartbeats, healthy only while every one of them is alive.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
-use axum::routing::get;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// What the poll loop is doing, so `/health` can tell waiting from wedged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(crate) enum Phase {
     Starting = 0,
     /// Every permit is taken by running jobs: healthy however long it lasts.
     WaitingPermits = 1,
@@ -31,7 +25,7 @@ struct Beat {
 }
 
 /// The poll loops' heartbeats (one per queue): healthy only while every one of them is alive.
-pub struct Health {
+pub(crate) struct Health {
     base: Instant,
     beats: Vec<Beat>,
     last_receive_unix_ms: AtomicU64,
@@ -42,11 +36,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(wait: Duration, idle_window: Duration, grace: Duration) -> Self {
-        Self::for_pollers(1, wait, idle_window, grace)
-    }
-
-    pub fn for_pollers(
+    pub(crate) fn for_pollers(
         pollers: usize,
         wait: Duration,
         idle_window: Duration,
@@ -71,14 +61,14 @@ impl Health {
     }
 
     /// Every poller is now in `phase` (start-up, stopping).
-    pub fn set(&self, phase: Phase) {
+    pub(crate) fn set(&self, phase: Phase) {
         for slot in 0..self.beats.len() {
             self.set_for(slot, phase);
         }
     }
 
     /// Poller `slot` is now in `phase`.
-    pub fn set_for(&self, slot: usize, phase: Phase) {
+    pub(crate) fn set_for(&self, slot: usize, phase: Phase) {
         if let Some(b) = self.beats.get(slot) {
             b.since_ms
                 .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -86,7 +76,7 @@ impl Health {
         }
     }
 
-    pub fn received(&self) {
+    pub(crate) fn received(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -94,12 +84,12 @@ impl Health {
             .store(now.as_millis() as u64, Ordering::Relaxed);
     }
 
-    pub fn last_receive_unix_seconds(&self) -> f64 {
+    pub(crate) fn last_receive_unix_seconds(&self) -> f64 {
         self.last_receive_unix_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
     /// `Ok` while every poll loop is alive; otherwise why not, naming every stuck one.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let mut stuck = Vec::new();
         for (slot, b) in self.beats.iter().enumerate() {
             let since = Duration::from_millis(b.since_ms.load(Ordering::Relaxed));
@@ -136,78 +126,8 @@ impl Health {
     }
 }
 
-pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// Serves `/health` and `/metrics` until `stop` fires.
-pub async fn serve(
-    addr: SocketAddr,
-    health: Arc<Health>,
-    render: Render,
-    stop: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = axum::Router::new()
-        .route(
-            "/health",
-            get(move || {
-                let h = health.clone();
-                async move {
-                    match h.check() {
-                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                        Err(why) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("unhealthy: {why}\n"),
-                        ),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let r = render.clone();
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        r(),
-                    )
-                }
-            }),
-        );
-    Ok(tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::warn!(error = %e, "metrics server stopped");
-        }
-    }))
-}
-
-/// `queue-worker health`: exit 0 if the worker at `addr` says it is healthy.
-pub async fn probe(addr: SocketAddr) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let resp = client
-        .get(format!("http://{addr}/health"))
-        .send()
-        .await
-        .map_err(|e| format!("no answer from {addr}: {e}"))?;
-    let ok = resp.status().is_success();
-    let body = resp.text().await.unwrap_or_default();
-    if ok {
-        Ok(body.trim().to_string())
-    } else {
-        Err(body.trim().to_string())
-    }
-}
-
 #[cfg(test)]
-mod health_tests {
+mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::handler::{Handler, Job, Outcome};
+use super::{Handler, Job, Outcome};
 
 /// Exit code meaning "this message will never succeed: dead-letter it now" (sysexits' EX_DATAERR).
 pub const EXIT_PERMANENT: i32 = 65;
@@ -23,14 +23,16 @@ const MAX_LINES: usize = 1000;
 /// Runs a program per message.
 #[derive(Debug, Clone)]
 pub struct ExecHandler {
+    /// The program (found on `PATH` when it has no slash).
     pub program: String,
+    /// Its arguments, passed as they are (no shell).
     pub args: Vec<String>,
     /// After SIGTERM (job cancelled), how long before SIGKILL.
     pub kill_grace: Duration,
 }
 
 /// `MESSAGE_ATTR_<NAME>`: attribute names upper-cased, anything but A-Z0-9_ made `_`.
-pub fn attr_env_name(name: &str) -> String {
+pub(crate) fn attr_env_name(name: &str) -> String {
     let clean: String = name
         .chars()
         .map(|c| {
@@ -129,8 +131,12 @@ impl Handler for ExecHandler {
             .stderr(Stdio::piped())
             .env("MESSAGE_ID", &job.message_id)
             .env("RECEIVE_COUNT", job.receive_count.to_string())
+            .env("QUEUE_NAME", &*job.queue_name)
             // A job abandoned by the worker must not leave its process behind.
             .kill_on_drop(true);
+        if let Some(g) = &job.group_id {
+            cmd.env("MESSAGE_GROUP_ID", g);
+        }
         for (k, v) in &job.message_attributes {
             cmd.env(attr_env_name(k), v);
         }

@@ -1,130 +1,20 @@
-//! The handler boundary: what a job receives ([`Job`]), what it answers ([`Outcome`]), and the
-//! default [`SimulatedJob`] whose body says how long to "work".
+//! The default handler: the body says how long to "work" (`10000` ms, `10s`, or JSON with
+//! `duration`, `fail`, `fail_times`), so the worker can be tried without writing a handler.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
-/// One received message, as a handler sees it.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub message_id: String,
-    /// The body, with an SNS notification envelope removed (see [`unwrap_sns`]).
-    pub body: String,
-    /// `ApproximateReceiveCount`: 1 on the first delivery.
-    pub receive_count: u32,
-    /// SQS system attributes (`SentTimestamp`, `MessageGroupId`, ...).
-    pub attributes: HashMap<String, String>,
-    /// String and number message attributes (binary ones are left out), SNS ones included.
-    pub message_attributes: HashMap<String, String>,
-    /// Fires at the shutdown deadline: finish or give up now, the message is going back.
-    pub cancel: CancellationToken,
-}
-
-/// What a job ended with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done: delete the message.
-    Success,
-    /// Failed, may succeed later: make the message visible again after `delay`, or after the
-    /// worker's backoff for its receive count when `None`.
-    Retry {
-        reason: String,
-        delay: Option<Duration>,
-    },
-    /// Will never succeed (bad body...): dead-letter it now when the worker has a dead-letter
-    /// queue, otherwise retry with backoff until the queue's redrive policy moves it.
-    Permanent { reason: String },
-}
-
-impl Outcome {
-    pub fn retry(reason: impl Into<String>) -> Self {
-        Outcome::Retry {
-            reason: reason.into(),
-            delay: None,
-        }
-    }
-    pub fn permanent(reason: impl Into<String>) -> Self {
-        Outcome::Permanent {
-            reason: reason.into(),
-        }
-    }
-}
-
-/// A job handler. Implement it for your own work, or wrap an async fn with [`handler_fn`].
-pub trait Handler: Send + Sync + 'static {
-    /// Runs one job. The future may borrow the handler: it is awaited inside the job's task.
-    fn handle(&self, job: Job) -> impl Future<Output = Outcome> + Send;
-}
-
-/// A handler made from an async closure.
-pub struct FnHandler<F>(F);
-
-/// Turns `|job| async move { ... Outcome::Success }` into a [`Handler`].
-pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
-where
-    F: Fn(Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Outcome> + Send + 'static,
-{
-    FnHandler(f)
-}
-
-impl<F, Fut> Handler for FnHandler<F>
-where
-    F: Fn(Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Outcome> + Send + 'static,
-{
-    fn handle(&self, job: Job) -> impl Future<Output = Outcome> + Send {
-        (self.0)(job)
-    }
-}
-
-/// Why an SNS-looking body could not be unwrapped.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("SNS notification envelope without a string \"Message\" field")]
-pub struct BrokenEnvelope;
-
-/// Removes the SNS envelope (platform-facts §4) from `body`, returning the published message and
-/// the envelope's message attributes. Bodies that are not SNS notifications come back unchanged.
-pub fn unwrap_sns(body: &str) -> Result<(String, HashMap<String, String>), BrokenEnvelope> {
-    // Cheap pre-check so plain bodies are never parsed as JSON.
-    if !body.trim_start().starts_with('{') || !body.contains("\"Notification\"") {
-        return Ok((body.to_string(), HashMap::new()));
-    }
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(body) else {
-        return Ok((body.to_string(), HashMap::new()));
-    };
-    let is_sns = map.get("Type").and_then(|t| t.as_str()) == Some("Notification")
-        && map.contains_key("TopicArn");
-    if !is_sns {
-        return Ok((body.to_string(), HashMap::new()));
-    }
-    let message = map
-        .get("Message")
-        .and_then(|m| m.as_str())
-        .ok_or(BrokenEnvelope)?;
-    let mut attrs = HashMap::new();
-    if let Some(serde_json::Value::Object(a)) = map.get("MessageAttributes") {
-        for (k, v) in a {
-            if let Some(value) = v.get("Value").and_then(|x| x.as_str()) {
-                attrs.insert(k.clone(), value.to_string());
-            }
-        }
-    }
-    Ok((message.to_string(), attrs))
-}
+use super::{Handler, Job, Outcome};
 
 /// What the simulated job was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimSpec {
-    pub duration: Duration,
+pub(crate) struct SimSpec {
+    pub(crate) duration: Duration,
     /// Fail on every receive.
-    pub fail: bool,
+    pub(crate) fail: bool,
     /// Fail while the receive count is at most this, then succeed.
-    pub fail_times: u32,
+    pub(crate) fail_times: u32,
 }
 
 #[derive(Deserialize)]
@@ -141,10 +31,10 @@ struct SimJson {
 /// Why a body is not a simulated job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("body ({bytes} bytes) is not a job: expected milliseconds (10000), a duration (10s, 5m) or JSON like {{\"duration\":\"10s\",\"fail\":true}} ({detail})")]
-pub struct BadBody {
+pub(crate) struct BadBody {
     bytes: usize,
     /// The start of the body, for a debug line: bodies never reach info-level logs.
-    pub shown: String,
+    pub(crate) shown: String,
     detail: String,
 }
 
@@ -162,7 +52,7 @@ fn bad(body: &str, detail: impl Into<String>) -> BadBody {
 }
 
 /// Parses a simulated job's body: `10000` (ms, as in the AWS sample), `10s`, or JSON.
-pub fn parse_sim_body(body: &str) -> Result<SimSpec, BadBody> {
+pub(crate) fn parse_sim_body(body: &str) -> Result<SimSpec, BadBody> {
     let t = body.trim();
     let plain = |duration| SimSpec {
         duration,
@@ -323,39 +213,9 @@ mod tests {
         assert!(e.len() < 400, "{} bytes", e.len());
     }
 
-    #[test]
-    fn sns_envelopes_are_unwrapped() {
-        let env = r#"{"Type":"Notification","MessageId":"m","TopicArn":"arn:aws:sns:us-east-1:1:t","Message":"{\"duration\":\"2s\"}","Timestamp":"t","MessageAttributes":{"k":{"Type":"String","Value":"v"}}}"#;
-        let (body, attrs) = unwrap_sns(env).expect("valid envelope");
-        assert_eq!(body, r#"{"duration":"2s"}"#);
-        assert_eq!(attrs.get("k").map(String::as_str), Some("v"));
-        assert_eq!(parse_sim_body(&body).expect("inner").duration, ms(2000));
-    }
-
-    #[test]
-    fn non_sns_bodies_pass_through_and_broken_envelopes_fail() {
-        for b in [
-            "5s",
-            r#"{"duration":"1s"}"#,
-            r#"{"Type":"Notification"}"#,
-            "{not json \"Notification\"",
-        ] {
-            assert_eq!(unwrap_sns(b).expect("passes").0, b);
-        }
-        let broken = r#"{"Type":"Notification","TopicArn":"arn:aws:sns:x","Message":{"a":1}}"#;
-        assert_eq!(unwrap_sns(broken), Err(BrokenEnvelope));
-    }
-
     #[tokio::test(start_paused = true)]
     async fn simulated_job_sleeps_fails_and_recovers() {
-        let job = |body: &str, rc: u32| Job {
-            message_id: "m".into(),
-            body: body.into(),
-            receive_count: rc,
-            attributes: HashMap::new(),
-            message_attributes: HashMap::new(),
-            cancel: CancellationToken::new(),
-        };
+        let job = Job::for_test;
         let start = tokio::time::Instant::now();
         assert_eq!(SimulatedJob.handle(job("3s", 1)).await, Outcome::Success);
         assert_eq!(start.elapsed(), Duration::from_secs(3));

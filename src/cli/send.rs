@@ -3,42 +3,48 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use clap::Args;
 use tokio::task::JoinSet;
 
-use crate::config::{parse_duration, ConfigError};
+use super::Done;
+use crate::config::parse::{self, Maybe};
+use crate::config::ConfigError;
 use crate::limits::{SQS_MAX_BATCH_ENTRIES, SQS_MAX_BODY_BYTES};
 
+const NO_LIMIT: Duration = Duration::MAX;
+
 #[derive(Debug, Clone, Args)]
-pub struct SendArgs {
+pub(super) struct SendArgs {
     /// Queue to send to. Falls back to COPILOT_QUEUE_URI.
-    #[arg(long, env = "QUEUE_URL")]
-    pub queue_url: Option<String>,
-    #[arg(long, env = "COPILOT_QUEUE_URI", hide = true)]
-    pub copilot_queue_uri: Option<String>,
+    #[arg(long, env = "QUEUE_URL", default_value = "", hide_default_value = true, value_parser = parse::optional(parse::url()))]
+    queue_url: Maybe<String>,
+    #[arg(long, env = "COPILOT_QUEUE_URI", hide = true, default_value = "", value_parser = parse::optional(parse::url()))]
+    copilot_queue_uri: Maybe<String>,
     /// How many messages (each of --durations counts as one, repeated --count times).
     #[arg(long, default_value_t = 1)]
-    pub count: u64,
+    count: u64,
     /// Job duration of every message (e.g. 10s, 250ms).
-    #[arg(long, default_value = "1s", conflicts_with_all = ["body", "durations"])]
-    pub duration: String,
+    #[arg(long, default_value = "1s", conflicts_with_all = ["body", "durations"], value_parser = parse::duration(Duration::ZERO, NO_LIMIT, None))]
+    duration: Duration,
     /// A mix of durations, e.g. 1s,5s,2m: --count of each.
-    #[arg(long, value_delimiter = ',', conflicts_with = "body")]
-    pub durations: Vec<String>,
+    #[arg(long, value_delimiter = ',', conflicts_with = "body", value_parser = parse::duration(Duration::ZERO, NO_LIMIT, None))]
+    durations: Vec<Duration>,
     /// Make the jobs fail (they are retried, then dead-lettered).
     #[arg(long, conflicts_with = "body")]
-    pub fail: bool,
+    fail: bool,
     /// A raw body instead (sent as is, --count times).
     #[arg(long)]
-    pub body: Option<String>,
+    body: Option<String>,
     /// Batches in flight at once.
     #[arg(long, default_value_t = 8, hide = true)]
-    pub parallel: usize,
+    parallel: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(super) enum SendError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("SendMessageBatch failed: {0}")]
@@ -52,52 +58,60 @@ pub enum SendError {
 }
 
 impl SendArgs {
-    pub fn queue(&self) -> Result<String, ConfigError> {
+    fn queue(&self) -> Result<String, ConfigError> {
         self.queue_url
+            .0
             .clone()
-            .filter(|s| !s.is_empty())
-            .or(self.copilot_queue_uri.clone().filter(|s| !s.is_empty()))
-            .ok_or(ConfigError {
-                flag: "--queue-url",
-                env: "QUEUE_URL",
-                problem: "missing: which queue to send to".into(),
+            .or(self.copilot_queue_uri.0.clone())
+            .ok_or_else(|| {
+                parse::invalid_setting::<Self>("queue_url", "missing: which queue to send to")
             })
     }
 
     /// The bodies to send, in order.
-    pub fn bodies(&self) -> Result<Vec<String>, ConfigError> {
+    fn bodies(&self) -> Result<Vec<String>, ConfigError> {
         if let Some(b) = &self.body {
             if b.len() > SQS_MAX_BODY_BYTES {
-                return Err(ConfigError {
-                    flag: "--body",
-                    env: "-",
-                    problem: "longer than SQS's 1 MiB".into(),
-                });
+                return Err(parse::invalid_setting::<Self>(
+                    "body",
+                    "longer than SQS's 1 MiB",
+                ));
             }
             return Ok(vec![b.clone(); self.count as usize]);
         }
-        let raw: Vec<&str> = if self.durations.is_empty() {
-            vec![self.duration.as_str()]
+        let durations = if self.durations.is_empty() {
+            vec![self.duration]
         } else {
-            self.durations.iter().map(String::as_str).collect()
+            self.durations.clone()
         };
-        let mut one_round = Vec::new();
-        for d in raw {
-            let dur = parse_duration(d, "--duration", "-")?;
-            one_round.push(if self.fail {
-                format!(r#"{{"duration_ms":{},"fail":true}}"#, dur.as_millis())
-            } else {
-                dur.as_millis().to_string()
-            });
-        }
+        let one_round: Vec<String> = durations
+            .iter()
+            .map(|d| {
+                if self.fail {
+                    format!(r#"{{"duration_ms":{},"fail":true}}"#, d.as_millis())
+                } else {
+                    d.as_millis().to_string()
+                }
+            })
+            .collect();
         Ok((0..self.count)
             .flat_map(|_| one_round.iter().cloned())
             .collect())
     }
 }
 
+/// `queue-worker send`.
+pub(super) async fn main(args: SendArgs) -> Result<Done, SendError> {
+    let queue = args.queue()?;
+    let bodies = args.bodies()?;
+    let sdk = crate::app::aws_config().await;
+    let client = aws_sdk_sqs::Client::new(&sdk);
+    send(&client, &queue, bodies, args.parallel).await?;
+    Ok(Done::Success)
+}
+
 /// Sends the bodies; prints progress for large counts and one summary line.
-pub async fn send(
+async fn send(
     client: &aws_sdk_sqs::Client,
     queue_url: &str,
     bodies: Vec<String>,

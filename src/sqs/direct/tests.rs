@@ -1,4 +1,4 @@
-//! The direct SQS path (`sqs_wire`) against what real SQS checks and what the SDK sends.
+//! The direct path against what real SQS checks and what the SDK sends.
 //!
 //! fauxqs does not verify signatures, so a signing mistake would pass every other local test and
 //! only fail against AWS. Here a capture server records the requests exactly as they arrive, and
@@ -8,14 +8,97 @@
 
 use std::time::Duration;
 
-use crate::support::wire_as;
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use aws_sdk_sqs::config::{BehaviorVersion, Region};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use queue_worker::sqs_wire::{SqsWire, WireSettings};
 use ring::{digest, hmac};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+use super::*;
+
+/// A direct client for `endpoint` in `region`, signing as `creds`.
+async fn client_as(region: &str, endpoint: &str, creds: Credentials) -> DirectClient {
+    DirectClient::new(&DirectSettings {
+        region: region.into(),
+        endpoint_url: Some(endpoint.into()),
+        use_fips: false,
+        use_dual_stack: false,
+        credentials: SharedCredentialsProvider::new(creds),
+    })
+    .await
+    .expect("direct SQS client")
+}
+
+#[test]
+fn a_receive_answer_becomes_messages_with_their_attributes() {
+    let answer = br#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","MD5OfBody":"x",
+        "Body":"{\"duration_ms\":5}","Attributes":{"ApproximateReceiveCount":"3","SentTimestamp":"1"},
+        "MessageAttributes":{"kind":{"DataType":"String","StringValue":"a"},
+        "bin":{"DataType":"Binary","BinaryValue":"aGk="}}},
+        {"MessageId":"m2","Body":"no receipt handle"}]}"#;
+    let got = parse_receive(answer, Instant::now()).expect("parses");
+    assert_eq!(
+        got.len(),
+        1,
+        "a message without a receipt handle is skipped"
+    );
+    let m = &got[0];
+    assert_eq!(
+        (m.message_id.as_str(), m.receipt_handle.as_str()),
+        ("m1", "r1")
+    );
+    assert_eq!(m.body, r#"{"duration_ms":5}"#);
+    assert_eq!(m.receive_count, 3);
+    assert_eq!(
+        m.message_attributes.get("kind").map(String::as_str),
+        Some("a")
+    );
+    assert_eq!(
+        m.raw_message_attributes
+            .get("bin")
+            .and_then(|a| a.binary_value())
+            .map(|b| b.as_ref().to_vec()),
+        Some(b"hi".to_vec())
+    );
+}
+
+#[test]
+fn an_empty_receive_answer_is_no_messages() {
+    for answer in [&b"{}"[..], br#"{"Messages":null}"#, br#"{"Messages":[]}"#] {
+        assert!(parse_receive(answer, Instant::now())
+            .expect("parses")
+            .is_empty());
+    }
+    assert!(parse_receive(b"<html>", Instant::now()).is_err());
+}
+
+#[test]
+fn error_codes_are_the_ones_the_sdk_reports() {
+    let e = error_from_answer(
+        "ReceiveMessage",
+        400,
+        Some("AWS.SimpleQueueService.NonExistentQueue;Sender"),
+        br#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#,
+    );
+    assert_eq!(e.code(), Some("AWS.SimpleQueueService.NonExistentQueue"));
+    assert!(e.is_permanent());
+    assert!(e.detail.contains("does not exist"), "{}", e.detail);
+    let e = error_from_answer(
+        "ReceiveMessage",
+        400,
+        None,
+        br#"{"__type":"com.amazon.coral.service#AccessDeniedException","Message":"no"}"#,
+    );
+    assert_eq!(e.code(), Some("AccessDeniedException"));
+    assert!(e.is_permanent());
+    let e = error_from_answer("DeleteMessageBatch", 503, None, b"Service Unavailable");
+    assert_eq!(e.kind, SqsErrorKind::Http { status: 503 });
+    assert!(!e.is_permanent());
+    assert!(e.detail.contains("Service Unavailable"));
+}
 
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
@@ -231,7 +314,7 @@ async fn direct_requests_are_signed_as_sqs_verifies_and_match_the_sdks() {
             .region(Region::new(region))
             .credentials_provider(credentials())
             .endpoint_url(&endpoint)
-            .http_client(queue_worker::cli::http_client())
+            .http_client(crate::app::http_client())
             .build(),
     );
     sdk.receive_message()
@@ -282,7 +365,7 @@ async fn direct_requests_are_signed_as_sqs_verifies_and_match_the_sdks() {
     }
 
     // The direct path, with the same credentials (a session token included).
-    let wire = wire_as(region, &endpoint, credentials()).await;
+    let wire = client_as(region, &endpoint, credentials()).await;
     let got = wire
         .receive(QUEUE, 7, Duration::from_secs(20), Duration::from_secs(60))
         .await
@@ -331,14 +414,15 @@ async fn direct_requests_are_signed_as_sqs_verifies_and_match_the_sdks() {
 #[tokio::test]
 async fn the_endpoint_follows_the_sdk_rules() {
     let resolve = |region: &str, fips: bool, url: Option<&str>| {
-        let settings = WireSettings {
+        let settings = DirectSettings {
             region: region.into(),
             endpoint_url: url.map(str::to_string),
             use_fips: fips,
             use_dual_stack: false,
+            credentials: SharedCredentialsProvider::new(credentials()),
         };
         async move {
-            SqsWire::new(&settings, SharedCredentialsProvider::new(credentials()))
+            DirectClient::new(&settings)
                 .await
                 .map(|w| w.endpoint().to_string())
         }
@@ -364,13 +448,13 @@ async fn the_endpoint_follows_the_sdk_rules() {
 /// without a session token.
 #[tokio::test]
 async fn signatures_verify_across_midnight_and_without_a_session_token() {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
     let before_midnight = UNIX_EPOCH + Duration::from_secs(1_795_478_399); // 2026-11-23T23:59:59Z
     for creds in [
         credentials(),
         Credentials::new("AKIDEXAMPLE", SECRET, None, None, "wire-test"),
     ] {
-        let wire = wire_as("us-east-1", "http://127.0.0.1:9324", creds.clone()).await;
+        let wire = client_as("us-east-1", "http://127.0.0.1:9324", creds.clone()).await;
         let mut dates = Vec::new();
         for time in [
             before_midnight,
@@ -413,13 +497,13 @@ async fn a_receive_that_never_answers_times_out() {
     // Accepted by the kernel's backlog, never read, never answered.
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let endpoint = format!("http://{}", black_hole.local_addr().expect("addr"));
-    let wire = wire_as("us-east-1", &endpoint, credentials()).await;
+    let wire = client_as("us-east-1", &endpoint, credentials()).await;
     let started = tokio::time::Instant::now();
     let e = wire
         .receive("q", 10, Duration::from_secs(20), Duration::from_secs(60))
         .await
         .expect_err("no answer");
-    assert_eq!(e.code, "timeout", "{e}");
+    assert_eq!(e.kind, SqsErrorKind::Timeout, "{e}");
     assert!(!e.is_permanent());
     let waited = started.elapsed();
     assert!(

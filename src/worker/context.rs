@@ -1,0 +1,56 @@
+//! What the worker's parts share: the settings, clients and handler ([`Shared`]), and each
+//! consumed queue with its helpers ([`Queue`]).
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::observe::health::Health;
+use crate::sqs::deleter::PendingDelete;
+use crate::sqs::visibility::VisibilityKeeper;
+use crate::sqs::{QueueInfo, Sqs};
+use crate::stats::JobDurations;
+
+/// Everything a job task needs, shared by every queue.
+pub(super) struct Shared<H> {
+    pub config: Config,
+    pub sqs: Sqs,
+    pub handler: Arc<H>,
+    /// Fires at the shutdown deadline: running jobs are cancelled.
+    pub deadline: CancellationToken,
+    /// Jobs running in the whole worker.
+    pub running: Arc<AtomicUsize>,
+    pub health: Arc<Health>,
+    pub durations: Arc<JobDurations>,
+}
+
+/// One consumed queue and its helpers.
+pub(super) struct Queue {
+    pub url: Arc<str>,
+    /// The last segment of the URL.
+    pub name: Arc<str>,
+    pub info: QueueInfo,
+    pub keeper: VisibilityKeeper,
+    pub deletes: mpsc::UnboundedSender<PendingDelete>,
+}
+
+impl Queue {
+    pub(super) fn new(
+        url: &str,
+        info: QueueInfo,
+        keeper: VisibilityKeeper,
+        deletes: mpsc::UnboundedSender<PendingDelete>,
+    ) -> Self {
+        let name = url.rsplit('/').next().unwrap_or(url);
+        Self {
+            url: url.into(),
+            name: name.into(),
+            info,
+            keeper,
+            deletes,
+        }
+    }
+}

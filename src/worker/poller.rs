@@ -1,0 +1,316 @@
+//! One queue's poll loop: take job slots, get protection as the [`ProtectPolicy`] says, receive
+//! at most as many messages as there are slots, and start a job per message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::context::{Queue, Shared};
+use super::job::{self, fifo_groups, run_group, run_job};
+use super::policy::{ProtectPolicy, WhenEmpty};
+use crate::backoff::Backoff;
+use crate::handler::Handler;
+use crate::limits::SQS_MAX_RECEIVE_BATCH;
+use crate::observe::health::Phase;
+use crate::protection::demand::Demand;
+use crate::sqs::Received;
+
+/// Extra protection cover asked for beyond a long poll, so messages never arrive unprotected.
+const COVER_MARGIN: Duration = Duration::from_secs(5);
+/// How long a receive waits for more free job slots while jobs run, so it can ask for a fuller
+/// batch (fewer receives per message) instead of one message at a time.
+const BATCH_FILL_LINGER: Duration = Duration::from_millis(15);
+/// Backoff between failed receives.
+const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
+
+/// Waits for `fut`, or returns `None` if `cancel` fires first.
+pub(super) async fn or_cancel<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        v = fut => Some(v),
+        _ = cancel.cancelled() => None,
+    }
+}
+
+/// Takes up to `max` permits: waits for the first, then, if `busy`, lingers briefly for more.
+async fn take_permits(sem: &Arc<Semaphore>, max: usize, busy: bool) -> Vec<OwnedSemaphorePermit> {
+    let Ok(first) = sem.clone().acquire_owned().await else {
+        return Vec::new();
+    };
+    let mut permits = vec![first];
+    let until = Instant::now() + BATCH_FILL_LINGER;
+    while permits.len() < max {
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) if busy => {
+                match tokio::time::timeout_at(until, sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => permits.push(p),
+                    _ => break,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    permits
+}
+
+/// How many messages a receive asks for, so that several queues share one budget fairly.
+struct FairShare {
+    pollers: usize,
+    concurrency: usize,
+    /// Pollers whose queue had messages at their last receive (shared by all pollers).
+    active: Arc<AtomicUsize>,
+    /// This poller's queue was empty at its last receive.
+    quiet: bool,
+}
+
+impl FairShare {
+    fn batch_max(&self) -> usize {
+        if self.pollers == 1 {
+            SQS_MAX_RECEIVE_BATCH.min(self.concurrency)
+        } else if self.quiet {
+            // A quiet queue's long poll ties up one job slot instead of ten.
+            1
+        } else {
+            // Busy queues split the budget; the semaphore serves them in turn.
+            let busy_queues = self.active.load(Ordering::Relaxed).max(1);
+            SQS_MAX_RECEIVE_BATCH
+                .min(self.concurrency.div_ceil(busy_queues))
+                .max(1)
+        }
+    }
+
+    fn saw(&mut self, empty: bool) {
+        if self.quiet != empty {
+            self.quiet = empty;
+            if empty {
+                self.active.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.active.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One queue's poller and what it shares with the others.
+pub(super) struct Poller<H> {
+    pub shared: Arc<Shared<H>>,
+    pub queue: Arc<Queue>,
+    /// This poller's place in `demand` and in the health beats.
+    pub slot: usize,
+    pub pollers: usize,
+    pub demand: Arc<Demand>,
+    pub sem: Arc<Semaphore>,
+    pub active: Arc<AtomicUsize>,
+    pub jobs: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Fires when a long poll still under way at shutdown is to be abandoned.
+    pub abandon_poll: CancellationToken,
+}
+
+impl<H: Handler> Poller<H> {
+    /// Polls until shutdown (or until a poll is abandoned).
+    pub(super) async fn run(self) {
+        let cfg = &self.shared.config;
+        let protector = self.demand.protector();
+        let mut policy = ProtectPolicy::new(cfg.protection.mode, protector.is_enabled());
+        let mut share = FairShare {
+            pollers: self.pollers,
+            concurrency: cfg.concurrency,
+            active: self.active.clone(),
+            quiet: false,
+        };
+        let mut receive_failures = 0u32;
+        let (url, slot, health) = (&*self.queue.url, self.slot, &self.shared.health);
+        loop {
+            health.set_for(slot, Phase::WaitingPermits);
+            let jobs_running = self.jobs_running();
+            let take = take_permits(&self.sem, share.batch_max(), jobs_running);
+            let Some(permits) = or_cancel(&self.shutdown, take).await else {
+                break;
+            };
+            if permits.is_empty() {
+                break;
+            }
+            let covered = policy.cover_receive(self.jobs_running());
+            if covered {
+                if policy.waits_out_idle_periods()
+                    && !self.demand.wait_not_idle(slot, &self.shutdown).await
+                {
+                    break;
+                }
+                let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
+                self.demand.hold(slot, until);
+                health.set_for(slot, Phase::WaitingProtection);
+                if !protector.wait_covered(&self.shutdown, until).await {
+                    break;
+                }
+            }
+
+            health.set_for(slot, Phase::Receiving);
+            let receive =
+                self.shared
+                    .sqs
+                    .receive(url, permits.len(), cfg.wait_time, cfg.visibility_timeout);
+            let received = tokio::select! {
+                r = receive => r,
+                _ = self.abandon_poll.cancelled() => break,
+            };
+            let messages = match received {
+                Ok(m) => {
+                    receive_failures = 0;
+                    health.received();
+                    m
+                }
+                Err(e) => {
+                    let d = RECEIVE_BACKOFF.delay(receive_failures);
+                    receive_failures = receive_failures.saturating_add(1);
+                    let hint = if e.is_permanent() {
+                        " (check the queue URL and the task role's sqs:ReceiveMessage permission)"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(queue_url = url, error = %e, retry_in_ms = d.as_millis() as u64, "receive failed; retrying{hint}");
+                    drop(permits);
+                    if or_cancel(&self.shutdown, tokio::time::sleep(d))
+                        .await
+                        .is_none()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if self.shutdown.is_cancelled() {
+                if !messages.is_empty() {
+                    tracing::info!(
+                        queue_url = url,
+                        count = messages.len(),
+                        "shutting down: returning messages received during the last poll"
+                    );
+                    self.shared.sqs.return_now(url, &messages).await;
+                }
+                break;
+            }
+            share.saw(messages.is_empty());
+            if messages.is_empty() {
+                drop(permits);
+                if !self.jobs_running() && !self.after_empty(&mut policy).await {
+                    break;
+                }
+                continue;
+            }
+
+            if policy.cover_after_receipt(covered) {
+                match self.cover_received(&messages).await {
+                    Covered::Yes => {}
+                    Covered::Stop => break,
+                    Covered::Returned => continue,
+                }
+            }
+            self.start_jobs(messages.into_iter().zip(permits).collect());
+        }
+        // A stopped poller must not keep the task protected.
+        self.demand.release(slot);
+        tracing::debug!(queue_url = url, "poll loop stopped");
+    }
+
+    fn jobs_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire) > 0
+    }
+
+    /// An empty receive with no job running: release or go idle as the policy says. False if
+    /// shutdown came first.
+    async fn after_empty(&self, policy: &mut ProtectPolicy) -> bool {
+        match policy.when_empty() {
+            WhenEmpty::Nothing => true,
+            WhenEmpty::Release => {
+                self.demand.release(self.slot);
+                true
+            }
+            WhenEmpty::GoIdle => {
+                self.shared.health.set_for(self.slot, Phase::Idle);
+                // Release (together with the other pollers), then stay unprotected for the idle
+                // window so that ECS can stop this task.
+                let window = self.shared.config.protection.idle_window;
+                if !self.demand.idle(self.slot, window, &self.shutdown).await {
+                    return false;
+                }
+                policy.went_idle();
+                true
+            }
+        }
+    }
+
+    /// Messages that arrived unprotected: take protection before any of them starts, or hand
+    /// them back.
+    async fn cover_received(&self, messages: &[Received]) -> Covered {
+        let url = &*self.queue.url;
+        let protector = self.demand.protector();
+        let until = Instant::now() + COVER_MARGIN;
+        self.demand.hold(self.slot, until);
+        let wait = tokio::time::timeout(
+            self.shared.config.visibility_timeout / 2,
+            protector.wait_covered(&self.shutdown, until),
+        );
+        match wait.await {
+            Ok(true) => Covered::Yes,
+            Ok(false) => {
+                self.shared.sqs.return_now(url, messages).await;
+                Covered::Stop
+            }
+            Err(_) => {
+                tracing::warn!(
+                    queue_url = url,
+                    count = messages.len(),
+                    "protection could not be taken for received messages; returning them to the queue"
+                );
+                self.shared.sqs.return_now(url, messages).await;
+                Covered::Returned
+            }
+        }
+    }
+
+    /// One job task per message (per message group on a FIFO queue), each holding its slot.
+    fn start_jobs(&self, batch: Vec<(Received, OwnedSemaphorePermit)>) {
+        let (shared, queue) = (&self.shared, &self.queue);
+        shared.running.fetch_add(batch.len(), Ordering::AcqRel);
+        self.demand.busy();
+        if queue.info.fifo {
+            // One task per message group: a group's messages run one after another, in order;
+            // different groups run in parallel.
+            for group in fifo_groups(batch) {
+                let keys = group.iter().map(|(m, _)| queue.keeper.track(m)).collect();
+                self.jobs
+                    .spawn(run_group(shared.clone(), queue.clone(), group, keys));
+            }
+        } else {
+            for (msg, permit) in batch {
+                let key = queue.keeper.track(&msg);
+                let span = job::span(&msg);
+                let (shared, queue) = (shared.clone(), queue.clone());
+                self.jobs.spawn(async move {
+                    run_job(shared, &queue, msg, key).instrument(span).await;
+                    drop(permit)
+                });
+            }
+        }
+    }
+}
+
+/// How taking protection for received messages ended.
+enum Covered {
+    Yes,
+    /// Shutdown: the messages went back.
+    Stop,
+    /// Protection could not be had in time: the messages went back.
+    Returned,
+}
