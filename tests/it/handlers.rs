@@ -309,3 +309,36 @@ async fn forward_posts_with_sqsd_headers_honours_retry_after_and_reuses_connecti
     let (visible, in_flight) = counts(&c, &q).await;
     assert_eq!(visible + in_flight, 1, "the failing one is still queued");
 }
+
+/// With two queues, each forwarded message names the queue it came from (`X-Aws-Sqsd-Queue`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_names_the_queue_each_message_came_from() {
+    let c = client();
+    let a = create_queue(&c, "forward-a", &[]).await;
+    let b = create_queue(&c, "forward-b", &[]).await;
+    let app = App::default();
+    let base = serve_app(app.clone()).await;
+    let handler =
+        queue_worker::ForwardHandler::new(&format!("{base}/work"), SECS(5)).expect("client");
+    send_bodies(&c, &a, &["from-a", "from-a", "from-a"]).await;
+    send_bodies(&c, &b, &["from-b", "from-b", "from-b", "from-b"]).await;
+    let mut cfg = fast_config(&a);
+    cfg.extra_queue_urls = vec![b.clone()];
+    let w = start(cfg, Protector::disabled(), handler).await;
+    assert!(
+        wait_until(SECS(15), || async { w.snapshot().messages_deleted == 7 }).await,
+        "every message forwarded and deleted"
+    );
+    w.stop().await;
+    let name = |url: &str| url.rsplit('/').next().expect("name").to_string();
+    let seen = app.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 7);
+    for (_, body, headers, _) in &seen {
+        let want = if body == "from-a" { name(&a) } else { name(&b) };
+        assert_eq!(
+            headers.get("x-aws-sqsd-queue"),
+            Some(&want),
+            "{body} names its own queue"
+        );
+    }
+}

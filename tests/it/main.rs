@@ -5,6 +5,7 @@ mod binary;
 mod drills_process;
 mod drills_sqs;
 mod ecs;
+mod fair;
 mod handlers;
 mod local_ecs;
 mod queues;
