@@ -1,41 +1,24 @@
 //! The composition root of `queue-worker run`: settings → AWS clients → protector → handler →
-//! [`crate::run`]. Also the AWS set-up every command shares ([`aws_config`], [`http_client`]).
+//! [`crate::run`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::aws::aws_config;
 use crate::config::args::{HandlerChoice, RunArgs};
 use crate::config::ConfigError;
 use crate::handler::{ExecHandler, ForwardHandler, Handler, SimulatedJob};
 use crate::protection::{ProtectionError, Protector};
 use crate::sqs::{Sqs, SqsError};
 use crate::stats::Snapshot;
+use crate::worker::RunOptions;
 use crate::worker::WorkerError;
+use crate::yielding::Lever;
 
 /// After SIGTERM to an `--exec` child, how long before SIGKILL.
 const EXEC_KILL_GRACE: Duration = Duration::from_secs(5);
-
-/// Loads AWS settings the standard way (env, profile, container credentials, `AWS_ENDPOINT_URL`),
-/// with the HTTP client of [`http_client`].
-pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http_client())
-        .load()
-        .await
-}
-
-/// The HTTP(S) client of every AWS SDK call: hyper with rustls on ring (one TLS stack instead of
-/// the SDK default's two). Clients built by hand (`Config::builder()`) need it too.
-pub fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
-    use aws_smithy_http_client::tls;
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
 
 /// Why `queue-worker run` could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +39,7 @@ pub(crate) enum AppError {
 /// (shutdown while waiting for the `--forward-to` app).
 pub(crate) async fn run(
     args: RunArgs,
+    lever: Lever,
     shutdown: CancellationToken,
 ) -> Result<Option<Snapshot>, AppError> {
     let handler = args.handler();
@@ -66,23 +50,31 @@ pub(crate) async fn run(
         .await
         .map_err(AppError::Sqs)?;
     let protector = Protector::from_config(&config.protection, &sdk)?;
+    let options = RunOptions {
+        lever,
+        ecs: config
+            .yielding
+            .ecs_view
+            .as_ref()
+            .map(|_| aws_sdk_ecs::Client::new(&sdk)),
+    };
     async fn go<H: Handler>(
-        config: crate::Config,
-        sqs: Sqs,
-        protector: Protector,
+        (config, sqs, protector, options): (crate::Config, Sqs, Protector, RunOptions),
         handler: H,
         shutdown: CancellationToken,
     ) -> Result<Option<Snapshot>, AppError> {
-        let snap = crate::worker::run(config, sqs, protector, Arc::new(handler), shutdown).await?;
-        Ok(Some(snap))
+        let handler = Arc::new(handler);
+        let snap = crate::worker::run_with(config, sqs, protector, handler, shutdown, options);
+        Ok(Some(snap.await?))
     }
+    let parts = (config, sqs, protector, options);
     match handler {
         HandlerChoice::Forward(fwd) => {
             let handler = ForwardHandler::new(&fwd.url, fwd.timeout).map_err(AppError::Forward)?;
             if !handler.wait_ready(&fwd.health_url, &shutdown).await {
                 return Ok(None);
             }
-            go(config, sqs, protector, handler, shutdown).await
+            go(parts, handler, shutdown).await
         }
         HandlerChoice::Exec { program, args } => {
             let handler = ExecHandler {
@@ -90,8 +82,8 @@ pub(crate) async fn run(
                 args,
                 kill_grace: EXEC_KILL_GRACE,
             };
-            go(config, sqs, protector, handler, shutdown).await
+            go(parts, handler, shutdown).await
         }
-        HandlerChoice::Simulated => go(config, sqs, protector, SimulatedJob, shutdown).await,
+        HandlerChoice::Simulated => go(parts, SimulatedJob, shutdown).await,
     }
 }

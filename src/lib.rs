@@ -9,7 +9,9 @@
 //! - `sqs`: the counted [`Sqs`] client (SDK and direct paths), the deleter, the visibility keeper.
 //! - `config`: [`Config`], and the flags and env vars it is parsed from.
 //! - `observe`: `/health` and `/metrics` beside the loop.
-//! - `app`: the composition root of `queue-worker run`, and the AWS set-up.
+//! - `yielding`: learning what ECS wants (a deployment, a scale-in, an operator) and giving way.
+//! - `app`: the composition root of `queue-worker run`; `aws`: the AWS set-up every part shares.
+//! - `task_metadata`: who this task is (task metadata v4).
 //! - `cli`: the commands and their exit codes ([`cli::main`]).
 //! - `telemetry`: text or JSON logs; `stats`: the worker's counters; `limits`: SQS and ECS
 //!   limits; `backoff`, `sync`: small shared pieces.
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod app;
+mod aws;
 mod backoff;
 pub mod cli;
 mod config;
@@ -31,13 +34,16 @@ mod protection;
 mod sqs;
 mod stats;
 mod sync;
+mod task_metadata;
 mod telemetry;
 mod worker;
+mod yielding;
 
-pub use app::{aws_config, http_client};
+pub use aws::{aws_config, http_client};
 pub use backoff::Backoff;
 pub use config::{
-    Config, ConfigError, DeadLetterConfig, ProtectMode, ProtectionBackendKind, ProtectionConfig,
+    Config, ConfigError, DeadLetterConfig, EcsViewConfig, ProtectMode, ProtectionBackendKind,
+    ProtectionConfig, YieldConfig,
 };
 pub use handler::{
     handler_fn, ExecHandler, FnHandler, ForwardHandler, Handler, Job, Outcome, SimulatedJob,
@@ -48,4 +54,5 @@ pub use protection::{CallCounts, ProtectionError, Protector, Status as Protectio
 pub use sqs::{Sqs, SqsClientKind, SqsError, SqsErrorKind};
 pub use stats::{Snapshot, Stats};
 pub use telemetry::{init as init_logging, LogFormat};
-pub use worker::{run, WorkerError};
+pub use worker::{run, run_with, RunOptions, WorkerError};
+pub use yielding::Lever;

@@ -28,6 +28,8 @@ pub const ECS_MAX_PROTECTION_MINUTES: u64 = 2880;
 pub const ECS_AGENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(7);
 /// `DescribeServices` takes at most 10 services per call.
 pub const ECS_DESCRIBE_SERVICES_MAX: usize = 10;
+/// `DescribeTasks` takes at most 100 tasks per call.
+pub const ECS_DESCRIBE_TASKS_MAX: usize = 100;
 /// `GetTaskProtection` takes at most 10 tasks per call.
 pub const ECS_GET_TASK_PROTECTION_MAX: usize = 10;
 /// A service keeps at most its 100 newest events; we only ever see those.

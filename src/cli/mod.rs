@@ -14,6 +14,7 @@ use crate::config::args::RunArgs;
 use crate::config::parse::{self, Maybe};
 use crate::config::ConfigError;
 use crate::telemetry::{self, LogFormat};
+use crate::yielding::Lever;
 
 /// Exit code for bad settings (like clap's own usage errors).
 const EXIT_CONFIG: u8 = 2;
@@ -48,13 +49,18 @@ enum Command {
     Send(send::SendArgs),
     /// Ask the running worker's /health (the container health check): exit 0 if healthy.
     Health(HealthArgs),
+    /// Make the running worker (on WORKER_METRICS_ADDR) yield: finish its jobs, take no new
+    /// ones, let protection go so ECS can stop the task. Also: SIGUSR1 to the worker.
+    Drain(HealthArgs),
+    /// Make a draining worker take messages again. Also: SIGUSR2 to the worker.
+    Resume(HealthArgs),
     /// Scale the ECS service and watch it settle (events, counts, protected tasks).
     Ecs(ecs::EcsArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct HealthArgs {
-    /// Where the worker serves /health (its --metrics-addr).
+    /// Where the worker serves /health, /drain and /resume (its --metrics-addr).
     #[arg(long, env = "WORKER_METRICS_ADDR", default_value = "", hide_default_value = true, value_parser = parse::optional(parse::addr()))]
     metrics_addr: Maybe<std::net::SocketAddr>,
 }
@@ -67,6 +73,8 @@ enum CliError {
     Value(String),
     #[error("unhealthy: {0}")]
     Unhealthy(String),
+    #[error("the worker did not take it: {0}")]
+    Lever(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
@@ -86,7 +94,7 @@ impl CliError {
             CliError::App(_) => EXIT_CONFIG,
             CliError::Send(send::SendError::Config(_)) => EXIT_CONFIG,
             CliError::Ecs(e) if e.is_config() => EXIT_CONFIG,
-            CliError::Send(_) | CliError::Ecs(_) | CliError::Unhealthy(_) => 1,
+            CliError::Send(_) | CliError::Ecs(_) | CliError::Unhealthy(_) | CliError::Lever(_) => 1,
             CliError::Signals(_) => 1,
         }
     }
@@ -124,6 +132,8 @@ pub async fn main() -> ExitCode {
             Command::Run(args) => run(*args).await,
             Command::Send(args) => send::main(args).await.map_err(CliError::from),
             Command::Health(args) => health(args).await,
+            Command::Drain(args) => lever(args, true).await,
+            Command::Resume(args) => lever(args, false).await,
             Command::Ecs(args) => ecs::main(args).await.map_err(CliError::from),
         }
     };
@@ -162,26 +172,68 @@ fn shutdown_on_signals(token: CancellationToken) -> std::io::Result<tokio::task:
     }))
 }
 
+/// SIGUSR1 drains the worker, SIGUSR2 resumes it (the operator's lever, like `queue-worker
+/// drain` / `resume`). Runs until the caller aborts the returned task.
+fn lever_on_signals(lever: Lever) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let drain = tokio::select! {
+                s = usr1.recv() => s.map(|_| true),
+                s = usr2.recv() => s.map(|_| false),
+            };
+            let Some(drain) = drain else { return };
+            tracing::info!(
+                "{} received: {}",
+                if drain { "SIGUSR1" } else { "SIGUSR2" },
+                if drain { "drain" } else { "resume" }
+            );
+            if drain {
+                lever.drain();
+            } else {
+                lever.resume();
+            }
+        }
+    }))
+}
+
 async fn run(args: RunArgs) -> Result<Done, CliError> {
     let shutdown = CancellationToken::new();
     let signals = shutdown_on_signals(shutdown.clone()).map_err(CliError::Signals)?;
-    let result = app::run(args, shutdown.clone()).await;
+    let lever = Lever::new();
+    let lever_signals = lever_on_signals(lever.clone()).map_err(CliError::Signals)?;
+    let result = app::run(args, lever, shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
+    lever_signals.abort();
     result?;
     Ok(Done::Success)
 }
 
-async fn health(args: HealthArgs) -> Result<Done, CliError> {
-    let Some(addr) = args.metrics_addr.into_option() else {
-        return Err(CliError::Config(parse::invalid_setting::<HealthArgs>(
+/// The worker's address from `args`, or the one-line error for its absence.
+fn worker_addr(args: HealthArgs) -> Result<std::net::SocketAddr, CliError> {
+    args.metrics_addr.into_option().ok_or_else(|| {
+        CliError::Config(parse::invalid_setting::<HealthArgs>(
             "metrics_addr",
-            "missing: the worker serves /health only when --metrics-addr is set",
-        )));
-    };
-    let body = crate::observe::health_probe(addr)
+            "missing: the worker serves /health, /drain and /resume only when --metrics-addr is set",
+        ))
+    })
+}
+
+async fn health(args: HealthArgs) -> Result<Done, CliError> {
+    let body = crate::observe::health_probe(worker_addr(args)?)
         .await
         .map_err(CliError::Unhealthy)?;
+    println!("{body}");
+    Ok(Done::Success)
+}
+
+async fn lever(args: HealthArgs, drain: bool) -> Result<Done, CliError> {
+    let body = crate::observe::move_lever(worker_addr(args)?, drain)
+        .await
+        .map_err(CliError::Lever)?;
     println!("{body}");
     Ok(Done::Success)
 }

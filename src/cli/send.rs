@@ -104,7 +104,7 @@ impl SendArgs {
 pub(super) async fn main(args: SendArgs) -> Result<Done, SendError> {
     let queue = args.queue()?;
     let bodies = args.bodies()?;
-    let sdk = crate::app::aws_config().await;
+    let sdk = crate::aws::aws_config().await;
     let client = aws_sdk_sqs::Client::new(&sdk);
     send(&client, &queue, bodies, args.parallel).await?;
     Ok(Done::Success)

@@ -10,7 +10,8 @@ use super::parse::{
     WHOLE_SECONDS,
 };
 use super::{
-    Config, ConfigError, DeadLetterConfig, ProtectMode, ProtectionBackendKind, ProtectionConfig,
+    Config, ConfigError, DeadLetterConfig, EcsViewConfig, ProtectMode, ProtectionBackendKind,
+    ProtectionConfig, YieldConfig,
 };
 use crate::backoff::Backoff;
 use crate::limits::{ECS_MAX_PROTECTION_MINUTES, SQS_MAX_VISIBILITY, SQS_MAX_WAIT};
@@ -85,6 +86,17 @@ pub struct RunArgs {
     /// Shortest time protection is held once taken [default: 10 % of --protection-duration].
     #[arg(long, env = "WORKER_PROTECTION_MIN_HOLD", default_value = "", hide_default_value = true, value_parser = optional(duration(ZERO, MAX_PROTECTION, None)))]
     protection_min_hold: Maybe<Duration>,
+
+    /// How often the worker asks ECS (DescribeServices) whether its service is deploying or
+    /// scaling in, so that a busy task gives way; longer for fleets above 20 tasks. 0s: off.
+    /// On only under ECS with protection on.
+    #[arg(long, env = "WORKER_YIELD_POLL", default_value = "15s", value_parser = duration(ZERO, HOUR, None))]
+    yield_poll: Duration,
+
+    /// After holding protection this long without a break, yield for one idle window, then carry
+    /// on: a way in for ECS even where the task role may not call DescribeServices [default: off].
+    #[arg(long, env = "WORKER_MAX_PROTECTED", default_value = "", hide_default_value = true, value_parser = optional(duration(60 * SEC, MAX_PROTECTION, None)))]
+    max_protected: Maybe<Duration>,
 
     /// Unprotected pause after an idle release, so ECS can stop an idle task (0s allowed).
     #[arg(long, env = "WORKER_IDLE_WINDOW", default_value = "5s", value_parser = duration(ZERO, HOUR, None))]
@@ -300,7 +312,7 @@ impl RunArgs {
                     "missing: --protection agent needs the ECS agent endpoint (set by ECS in every task)",
                 ))
             }
-            (ProtectionChoice::EcsApi, _) => match self.ecs_metadata_uri.into_option() {
+            (ProtectionChoice::EcsApi, _) => match self.ecs_metadata_uri.clone().into_option() {
                 Some(metadata_uri) => ProtectionBackendKind::EcsApi { metadata_uri },
                 None => {
                     return Err(invalid(
@@ -313,6 +325,15 @@ impl RunArgs {
                 reason: "--protection off",
             },
         };
+        let protected = !matches!(backend, ProtectionBackendKind::Off { .. });
+        let ecs_view = self
+            .ecs_metadata_uri
+            .into_option()
+            .filter(|_| protected && !self.yield_poll.is_zero())
+            .map(|metadata_uri| EcsViewConfig {
+                metadata_uri,
+                poll: self.yield_poll,
+            });
         let dead_letter =
             self.dead_letter_queue_url
                 .into_option()
@@ -333,6 +354,10 @@ impl RunArgs {
                 duration,
                 min_hold,
                 idle_window: self.idle_window,
+            },
+            yielding: YieldConfig {
+                ecs_view,
+                max_protected: self.max_protected.into_option(),
             },
             retry: Backoff::new(self.retry_base, self.retry_max),
             delete_linger: self.delete_linger,

@@ -65,6 +65,24 @@ pub struct ProtectionConfig {
     pub idle_window: Duration,
 }
 
+/// Where the worker reads what ECS wants of its task (deployments, scale-ins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsViewConfig {
+    /// `ECS_CONTAINER_METADATA_URI_V4`: who this task is.
+    pub metadata_uri: String,
+    /// How often `DescribeServices` is asked (longer for large fleets).
+    pub poll: Duration,
+}
+
+/// When the worker yields to ECS: takes no new messages, finishes its jobs, lets protection go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct YieldConfig {
+    /// Watch the task's service through the ECS API (`None`: off).
+    pub ecs_view: Option<EcsViewConfig>,
+    /// After holding protection this long without a break, yield for one idle window.
+    pub max_protected: Option<Duration>,
+}
+
 /// Where a message goes when it has failed `max_receives` times and the queue has no redrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterConfig {
@@ -91,6 +109,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Task scale-in protection.
     pub protection: ProtectionConfig,
+    /// Giving way to ECS while busy.
+    pub yielding: YieldConfig,
     /// Delay before a failed message is received again, by receive count.
     pub retry: Backoff,
     /// How long the deleter waits for more deletes before sending a partial batch.

@@ -16,6 +16,8 @@ pub(crate) enum Phase {
     Receiving = 3,
     Idle = 4,
     Stopping = 5,
+    /// Giving way to ECS: healthy however long it lasts, or ECS would replace the task.
+    Yielding = 6,
 }
 
 /// One poller's heartbeat: what it is doing and since when.
@@ -100,6 +102,7 @@ impl Health {
                 2 => ("waiting for task protection", Some(self.protection_limit)),
                 3 => ("receiving", Some(self.receive_limit)),
                 4 => ("idle", Some(self.idle_limit)),
+                6 => ("yielding", None),
                 _ => ("stopping", None),
             };
             match limit {

@@ -1,7 +1,7 @@
 //! `/metrics`: the worker's own atomic counters, read at scrape time and written in the
 //! OpenMetrics text format by prometheus-client (nothing extra per job).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -14,15 +14,18 @@ use super::health::Health;
 use super::Render;
 use crate::protection::{CallCounts, Status};
 use crate::stats::{JobDurations, Stats};
+use crate::worker::RunningJobs;
+use crate::yielding::Yielding;
 
 /// What `/metrics` reads.
 pub(crate) struct Live {
     pub stats: Arc<Stats>,
-    pub running: Arc<AtomicUsize>,
+    pub running: Arc<RunningJobs>,
     pub durations: Arc<JobDurations>,
     pub protection: tokio::sync::watch::Receiver<Status>,
     pub calls: Arc<CallCounts>,
     pub health: Arc<Health>,
+    pub yielding: Arc<Yielding>,
 }
 
 impl std::fmt::Debug for Live {
@@ -111,7 +114,7 @@ impl prometheus_client::collector::Collector for Live {
             &mut enc,
             "jobs_in_flight",
             "Jobs running now.",
-            self.running.load(Ordering::Relaxed) as i64,
+            self.running.count() as i64,
         )?;
         gauge(
             &mut enc,
@@ -124,6 +127,25 @@ impl prometheus_client::collector::Collector for Live {
             "protection_expires_in_seconds",
             "Seconds until the held protection expires.",
             expires_in,
+        )?;
+        gauge(
+            &mut enc,
+            "yielding",
+            "1 while the task gives way to ECS (takes no new messages; lets protection go).",
+            i64::from(self.yielding.current().is_some()),
+        )?;
+        let started: Vec<(&str, u64)> = self
+            .yielding
+            .started()
+            .into_iter()
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
+        counter_family(
+            &mut enc,
+            "yields",
+            "Times the task started yielding to ECS, by reason.",
+            "reason",
+            &started,
         )?;
         gauge(
             &mut enc,

@@ -49,6 +49,11 @@ pub(crate) fn classify_reason(reason: &str, detail: &str) -> ProtectionError {
                 .to_string(),
             fix: FIX_NOT_SERVICE.into(),
         },
+        "DEPLOYMENT_BLOCKED" => ProtectionError::Blocked(
+            format!("DEPLOYMENT_BLOCKED {detail}")
+                .trim_end()
+                .to_string(),
+        ),
         "AccessDeniedException" => ProtectionError::Permanent {
             problem: format!("ECS denied UpdateTaskProtection ({detail})"),
             fix: FIX_PERMISSIONS.into(),
@@ -231,9 +236,16 @@ mod tests {
             matches!(&e, ProtectionError::Permanent { fix, .. } if fix.contains("service")),
             "{e}"
         );
+        assert!(matches!(
+            classify(
+                200,
+                r#"{"failure":{"Arn":"a","Detail":"d","Reason":"DEPLOYMENT_BLOCKED"}}"#
+            ),
+            Err(ProtectionError::Blocked(_))
+        ));
         assert!(transient(classify(
             200,
-            r#"{"failure":{"Arn":"a","Detail":"d","Reason":"DEPLOYMENT_BLOCKED"}}"#
+            r#"{"failure":{"Arn":"a","Detail":"d","Reason":"SOMETHING_NEW"}}"#
         )));
     }
 

@@ -2,25 +2,15 @@
 //! endpoint. Cluster and task ARN come from the task metadata v4 endpoint, read once.
 
 use aws_sdk_ecs::error::ProvideErrorMetadata;
-use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::agent::classify_reason;
 use super::{BoxFuture, Granted, ProtectionBackend, ProtectionError};
-use crate::limits::ECS_AGENT_CLIENT_TIMEOUT;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TaskMetadata {
-    cluster: String,
-    #[serde(rename = "TaskARN")]
-    task_arn: String,
-}
+use crate::task_metadata::{MetadataClient, MetadataError, TaskMetadata};
 
 pub(crate) struct EcsApiBackend {
     ecs: aws_sdk_ecs::Client,
-    http: reqwest::Client,
-    metadata_url: String,
+    metadata: MetadataClient,
     task: OnceCell<TaskMetadata>,
 }
 
@@ -29,13 +19,9 @@ impl EcsApiBackend {
         ecs: aws_sdk_ecs::Client,
         metadata_uri: &str,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(ECS_AGENT_CLIENT_TIMEOUT)
-            .build()?;
         Ok(Self {
             ecs,
-            http,
-            metadata_url: format!("{}/task", metadata_uri.trim_end_matches('/')),
+            metadata: MetadataClient::new(metadata_uri)?,
             task: OnceCell::new(),
         })
     }
@@ -43,16 +29,12 @@ impl EcsApiBackend {
     async fn task(&self) -> Result<&TaskMetadata, ProtectionError> {
         self.task
             .get_or_try_init(|| async {
-                let resp = self
-                    .http
-                    .get(&self.metadata_url)
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| ProtectionError::Transient(format!("task metadata endpoint: {e}")))?;
-                resp.json::<TaskMetadata>().await.map_err(|e| ProtectionError::Permanent {
-                    problem: format!("task metadata has no Cluster/TaskARN: {e}"),
-                    fix: "use --protection agent, or run on ECS platform version with task metadata v4".into(),
+                self.metadata.task().await.map_err(|e| match e {
+                    MetadataError::Unreachable(_) => ProtectionError::Transient(e.to_string()),
+                    MetadataError::Unreadable(_) => ProtectionError::Permanent {
+                        problem: e.to_string(),
+                        fix: "use --protection agent, or run on an ECS platform version with task metadata v4".into(),
+                    },
                 })
             })
             .await

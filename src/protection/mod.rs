@@ -7,7 +7,6 @@
 //! worker.
 
 pub(crate) mod agent;
-pub(crate) mod demand;
 pub(crate) mod ecs_api;
 
 use std::future::Future;
@@ -37,6 +36,10 @@ pub enum ProtectionError {
     /// Worth retrying: throttling, 429, 5xx, timeouts, a refusal that may pass.
     #[error("{0}")]
     Transient(String),
+    /// ECS refuses because protected tasks are blocking a deployment or a scale-in
+    /// (`DEPLOYMENT_BLOCKED`): this task is wanted gone, so it yields instead of retrying.
+    #[error("ECS refused protection: {0}")]
+    Blocked(String),
     /// Will not change by retrying: the task is standalone, or the role lacks permission.
     #[error("{problem}; fix: {fix}")]
     Permanent {
@@ -61,6 +64,8 @@ pub(crate) enum Want {
     Hold { until: Instant },
     /// No work: release (once the minimum hold has passed).
     Release,
+    /// Release now, minimum hold or not (the task is yielding to ECS).
+    ReleaseNow,
 }
 
 /// Where protection stands, as the actor reports it.
@@ -74,6 +79,9 @@ pub enum Status {
     Released,
     /// Wanted but not held: the last attempt failed and a retry is scheduled.
     Failing,
+    /// Wanted but refused: protected tasks block a deployment or scale-in, so ECS wants this
+    /// task gone. The worker yields; the next hold tries again.
+    Blocked,
     /// Protected until this instant (by our own conservative clock).
     Held {
         /// When the grant ends unless refreshed.
@@ -87,7 +95,7 @@ impl Status {
         match *self {
             Status::Disabled | Status::Unavailable => true,
             Status::Held { expires } => expires >= until,
-            Status::Released | Status::Failing => false,
+            Status::Released | Status::Failing | Status::Blocked => false,
         }
     }
 }
@@ -280,6 +288,15 @@ impl Protector {
         });
     }
 
+    /// Asks for release at once, without waiting out the minimum hold.
+    pub(crate) fn release_now(&self) {
+        self.want.send_if_modified(|w| {
+            let changed = *w != Want::ReleaseNow;
+            *w = Want::ReleaseNow;
+            changed
+        });
+    }
+
     /// Waits until the status satisfies `pred`, or `cancel` fires (returns false then).
     pub(crate) async fn wait_for(
         &self,
@@ -342,6 +359,9 @@ async fn run_actor(
     let mut doubtful = false;
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
+    // The want that ECS refused as blocked (DEPLOYMENT_BLOCKED): not asked again until the
+    // worker asks for something else (it yields meanwhile).
+    let mut blocked: Option<Want> = None;
     let minutes = timing.minutes();
     let publish = |s: Status| {
         status_tx.send_if_modified(|old| {
@@ -363,7 +383,10 @@ async fn run_actor(
             }
         }
         let want = *want_rx.borrow_and_update();
-        let retry_ok = retry_at.is_none_or(|t| now >= t);
+        if blocked.is_some_and(|b| b != want) {
+            blocked = None;
+        }
+        let retry_ok = retry_at.is_none_or(|t| now >= t) && blocked.is_none();
         let mut wake: Option<Instant> = retry_at.filter(|_| !retry_ok);
 
         // Decide whether to call the backend now, and with what.
@@ -384,13 +407,18 @@ async fn run_actor(
                 }
                 (due && retry_ok).then_some(true)
             }
-            (Want::Release, Some(h)) => {
-                let earliest = h.since + timing.min_hold;
+            (Want::Release | Want::ReleaseNow, Some(h)) => {
+                let hold = if want == Want::ReleaseNow {
+                    Duration::ZERO
+                } else {
+                    timing.min_hold
+                };
+                let earliest = h.since + hold;
                 wake = min_opt(wake, Some(earliest.max(retry_at.unwrap_or(earliest))));
                 wake = min_opt(wake, Some(h.expires));
                 (now >= earliest && retry_ok).then_some(false)
             }
-            (Want::Release, None) => None,
+            (Want::Release | Want::ReleaseNow, None) => None,
         };
 
         if let Some(enable) = call {
@@ -401,7 +429,9 @@ async fn run_actor(
             };
             let counter = match &result {
                 Ok(_) => &calls.ok,
-                Err(ProtectionError::Transient(_)) => &calls.transient,
+                Err(ProtectionError::Transient(_) | ProtectionError::Blocked(_)) => {
+                    &calls.transient
+                }
                 Err(ProtectionError::Permanent { .. }) => &calls.permanent,
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -448,7 +478,11 @@ async fn run_actor(
                         "agent answered but did not enable protection; retrying"
                     );
                 }
-                (_, Err(ProtectionError::Transient(e))) => {
+                (true, Err(ProtectionError::Blocked(e))) => {
+                    blocked = Some(want);
+                    tracing::warn!(error = %e, "ECS refused protection: protected tasks block a deployment or scale-in, so this task yields");
+                }
+                (_, Err(ProtectionError::Transient(e) | ProtectionError::Blocked(e))) => {
                     doubtful |= !enable;
                     failures += 1;
                     let d = timing.retry.delay(failures - 1);
@@ -464,11 +498,21 @@ async fn run_actor(
                     return None;
                 }
             }
-            publish(status_of(want, held.filter(|_| !doubtful), Instant::now()));
+            publish(status_of(
+                want,
+                held.filter(|_| !doubtful),
+                blocked.is_some(),
+                Instant::now(),
+            ));
             continue;
         }
 
-        publish(status_of(want, held.filter(|_| !doubtful), now));
+        publish(status_of(
+            want,
+            held.filter(|_| !doubtful),
+            blocked.is_some(),
+            now,
+        ));
         tokio::select! {
             _ = want_rx.changed() => {}
             _ = sleep_until_opt(wake) => {}
@@ -477,11 +521,12 @@ async fn run_actor(
     }
 }
 
-fn status_of(want: Want, held: Option<Held>, now: Instant) -> Status {
+fn status_of(want: Want, held: Option<Held>, blocked: bool, now: Instant) -> Status {
     match (held, want) {
         (Some(h), _) if h.expires > now => Status::Held { expires: h.expires },
+        (_, Want::Hold { .. }) if blocked => Status::Blocked,
         (_, Want::Hold { .. }) => Status::Failing,
-        (_, Want::Release) => Status::Released,
+        (_, Want::Release | Want::ReleaseNow) => Status::Released,
     }
 }
 

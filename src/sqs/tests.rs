@@ -16,7 +16,7 @@ fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
             Credentials::new("test", "test", None, None, "tests"),
         ))
         .endpoint_url(endpoint)
-        .http_client(crate::app::http_client())
+        .http_client(crate::aws::http_client())
         .build()
 }
 

@@ -1,12 +1,12 @@
 //! What the worker's parts share: the settings, clients and handler ([`Shared`]), and each
 //! consumed queue with its helpers ([`Queue`]).
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::RunningJobs;
 use crate::config::Config;
 use crate::observe::health::Health;
 use crate::sqs::deleter::PendingDelete;
@@ -22,7 +22,7 @@ pub(super) struct Shared<H> {
     /// Fires at the shutdown deadline: running jobs are cancelled.
     pub deadline: CancellationToken,
     /// Jobs running in the whole worker.
-    pub running: Arc<AtomicUsize>,
+    pub running: Arc<RunningJobs>,
     pub health: Arc<Health>,
     pub durations: Arc<JobDurations>,
 }

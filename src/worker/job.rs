@@ -2,7 +2,6 @@
 //! panic, and settle the message by the outcome. FIFO batches run group by group, in order.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +76,7 @@ pub(super) async fn run_group<H: Handler>(
                 }
                 let msgs: Vec<Received> = left.iter().map(|((m, _), _)| m.clone()).collect();
                 shared.sqs.return_now(&queue.url, &msgs).await;
-                shared.running.fetch_sub(left.len(), Ordering::AcqRel);
+                shared.running.done(left.len());
             }
             return;
         }
@@ -188,7 +187,7 @@ pub(super) async fn run_job<H: Handler>(
             Box::pin(shared.sqs.return_now(queue_url, std::slice::from_ref(&msg))).await;
         }
     }
-    shared.running.fetch_sub(1, Ordering::AcqRel);
+    shared.running.done(1);
     succeeded
 }
 

@@ -5,12 +5,13 @@
 //! released last.
 
 mod context;
+mod demand;
 mod job;
 mod policy;
 mod poller;
 mod settle;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +24,15 @@ use crate::config::Config;
 use crate::handler::Handler;
 use crate::observe::health::{Health, Phase};
 use crate::observe::metrics::{self, Live};
-use crate::protection::demand::Demand;
 use crate::protection::Protector;
 use crate::sqs::deleter::Deleter;
 use crate::sqs::visibility::VisibilityKeeper;
 use crate::sqs::{QueueInfo, Sqs, SqsError};
 use crate::stats::{JobDurations, Snapshot};
+use crate::yielding::{self, Lever, Yielding};
 use context::{Queue, Shared};
+use demand::Demand;
+pub(crate) use demand::RunningJobs;
 use poller::Poller;
 
 /// After the shutdown deadline, how long the final calls (returns, deletes, release) may take.
@@ -56,6 +59,17 @@ pub enum WorkerError {
     },
 }
 
+/// What a worker may have beyond [`run`]'s arguments.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Moved by an operator to make the worker drain and resume (`/drain`, `/resume` on the
+    /// metrics address move it too).
+    pub lever: Lever,
+    /// The ECS API client the worker reads its service with, when the config's
+    /// [`crate::YieldConfig::ecs_view`] is set (without it, that view is off).
+    pub ecs: Option<aws_sdk_ecs::Client>,
+}
+
 /// Runs the worker until `shutdown` fires and the drain completes; returns the final counters.
 ///
 /// `handler` runs every job; `protector` holds task protection (use [`Protector::disabled`]
@@ -67,42 +81,74 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<Snapshot, WorkerError> {
-    let health = Arc::new(Health::for_pollers(
-        config.queue_urls().len(),
-        config.wait_time,
-        config.protection.idle_window,
-        config.health_grace,
-    ));
-    let running = Arc::new(AtomicUsize::new(0));
-    let durations = Arc::new(JobDurations::default());
-    let observe_stop = CancellationToken::new();
-    let observe = match config.metrics_addr {
-        Some(addr) => {
-            let render = metrics::renderer(Live {
-                stats: sqs.stats(),
-                running: running.clone(),
-                durations: durations.clone(),
-                protection: protector.subscribe(),
-                calls: protector.calls(),
-                health: health.clone(),
-            });
-            let task = crate::observe::serve(addr, health.clone(), render, observe_stop.clone())
-                .await
-                .map_err(|source| WorkerError::Metrics { addr, source })?;
-            tracing::info!(%addr, "serving /health and /metrics");
-            Some(task)
-        }
-        None => None,
-    };
-    let result = run_inner(
+    run_with(
         config,
         sqs,
         protector,
         handler,
         shutdown,
-        (health, running, durations),
+        RunOptions::default(),
     )
-    .await;
+    .await
+}
+
+/// What the parts of one worker share besides the config and clients.
+struct Parts {
+    health: Arc<Health>,
+    running: Arc<RunningJobs>,
+    durations: Arc<JobDurations>,
+    yielding: Arc<Yielding>,
+}
+
+/// [`run`], with an operator's [`Lever`] and the ECS API client for yielding to deployments and
+/// scale-ins.
+pub async fn run_with<H: Handler>(
+    config: Config,
+    sqs: Sqs,
+    protector: Protector,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> Result<Snapshot, WorkerError> {
+    let parts = Parts {
+        health: Arc::new(Health::for_pollers(
+            config.queue_urls().len(),
+            config.wait_time,
+            config.protection.idle_window,
+            config.health_grace,
+        )),
+        running: Arc::default(),
+        durations: Arc::default(),
+        yielding: Arc::default(),
+    };
+    let observe_stop = CancellationToken::new();
+    let observe = match config.metrics_addr {
+        Some(addr) => {
+            let render = metrics::renderer(Live {
+                stats: sqs.stats(),
+                running: parts.running.clone(),
+                durations: parts.durations.clone(),
+                protection: protector.subscribe(),
+                calls: protector.calls(),
+                health: parts.health.clone(),
+                yielding: parts.yielding.clone(),
+            });
+            let served = crate::observe::serve(
+                addr,
+                parts.health.clone(),
+                render,
+                options.lever.clone(),
+                observe_stop.clone(),
+            );
+            let task = served
+                .await
+                .map_err(|source| WorkerError::Metrics { addr, source })?;
+            tracing::info!(%addr, "serving /health and /metrics (and /drain, /resume from this host)");
+            Some(task)
+        }
+        None => None,
+    };
+    let result = run_inner(config, sqs, protector, handler, shutdown, parts, options).await;
     observe_stop.cancel();
     if let Some(task) = observe {
         if let Err(e) = task.await {
@@ -118,8 +164,15 @@ async fn run_inner<H: Handler>(
     protector: Protector,
     handler: Arc<H>,
     shutdown: CancellationToken,
-    (health, running, durations): (Arc<Health>, Arc<AtomicUsize>, Arc<JobDurations>),
+    parts: Parts,
+    options: RunOptions,
 ) -> Result<Snapshot, WorkerError> {
+    let Parts {
+        health,
+        running,
+        durations,
+        yielding,
+    } = parts;
     let urls = config.queue_urls();
     let mut infos = Vec::with_capacity(urls.len());
     for url in &urls {
@@ -189,6 +242,22 @@ async fn run_inner<H: Handler>(
         queues.len(),
         shared.running.clone(),
     ));
+    // The yield signals: local ones always, the service's view where configured.
+    helpers.spawn(yielding::watch_local(
+        yielding::Local {
+            yielding: yielding.clone(),
+            protection: protector.subscribe(),
+            running: shared.running.clone(),
+            lever: options.lever.clone(),
+            max_protected: config.yielding.max_protected,
+            idle_window: config.protection.idle_window,
+        },
+        keeper_stop.clone(),
+    ));
+    if let (Some(view), Some(ecs)) = (config.yielding.ecs_view.clone(), options.ecs) {
+        let (yielding, stop) = (yielding.clone(), keeper_stop.clone());
+        helpers.spawn(async move { yielding::view::run(ecs, view, &yielding, stop).await });
+    }
     // One budget for all queues: the semaphore hands out permits first come, first served.
     let sem = Arc::new(Semaphore::new(config.concurrency));
     let control = TaskTracker::new();
@@ -203,6 +272,7 @@ async fn run_inner<H: Handler>(
             demand: demand.clone(),
             sem: sem.clone(),
             active: active.clone(),
+            yielding: yielding.clone(),
             jobs: jobs.clone(),
             shutdown: shutdown.clone(),
             abandon_poll: abandon_poll.clone(),
@@ -217,7 +287,7 @@ async fn run_inner<H: Handler>(
     let deadline = Instant::now() + config.shutdown_timeout;
     let cleanup_by = deadline + CLEANUP_GRACE;
     tracing::info!(
-        running = shared.running.load(Ordering::Relaxed),
+        running = shared.running.count(),
         timeout_s = config.shutdown_timeout.as_secs_f64(),
         "shutting down: no new messages; waiting for running jobs"
     );
@@ -233,7 +303,7 @@ async fn run_inner<H: Handler>(
     tokio::select! {
         _ = drain => {}
         _ = tokio::time::sleep_until(deadline) => {
-            let left = shared.running.load(Ordering::Relaxed);
+            let left = shared.running.count();
             tracing::warn!(running = left, "shutdown deadline reached: cancelling running jobs and returning their messages");
             shared.deadline.cancel();
             abandon_poll.cancel();

@@ -1,8 +1,10 @@
 //! When a poller asks for protection: the protect mode's decisions, in one place.
 //!
 //! - `before-receive`: every receive is covered while work flows; when a receive comes back
-//!   empty with no job running, the pollers go idle together (release, then the idle window),
-//!   and from then on receive unprotected until messages arrive.
+//!   empty with no job running, the pollers go idle together: they stop asking for protection
+//!   and go on receiving under the grant that still holds (the minimum hold), and once it is
+//!   released they wait the idle window and from then on receive unprotected until messages
+//!   arrive.
 //! - `on-receipt`: receives are covered only while jobs run; messages that arrive unprotected
 //!   get protection before any of them starts.
 
@@ -39,16 +41,14 @@ impl ProtectPolicy {
         }
     }
 
-    /// Must protection cover the next receive?
-    pub(super) fn cover_receive(&self, jobs_running: bool) -> bool {
+    /// Must protection be asked for to cover the next receive? Not during an idle period: the
+    /// pollers are letting go together, and receive under whatever grant still holds.
+    pub(super) fn cover_receive(&self, jobs_running: bool, idle_period: bool) -> bool {
         self.enabled
-            && (jobs_running || (self.mode == ProtectMode::BeforeReceive && !self.idle_unprotected))
-    }
-
-    /// Does a covered receive first wait out the other pollers' idle period (so that the
-    /// release they are going idle for can happen)?
-    pub(super) fn waits_out_idle_periods(&self) -> bool {
-        self.mode == ProtectMode::BeforeReceive
+            && (jobs_running
+                || (self.mode == ProtectMode::BeforeReceive
+                    && !self.idle_unprotected
+                    && !idle_period))
     }
 
     /// A receive came back empty and no job runs.
@@ -83,27 +83,34 @@ mod tests {
     #[test]
     fn before_receive_covers_until_idle_then_polls_unprotected_until_work() {
         let mut p = ProtectPolicy::new(ProtectMode::BeforeReceive, true);
-        assert!(p.cover_receive(false));
+        assert!(p.cover_receive(false, false));
         assert_eq!(p.when_empty(), WhenEmpty::GoIdle);
+        assert!(
+            !p.cover_receive(false, true),
+            "idle period: receive under the grant that still holds"
+        );
         p.went_idle();
-        assert!(!p.cover_receive(false), "idle: unprotected polls");
-        assert!(p.cover_receive(true), "jobs running: always covered");
+        assert!(!p.cover_receive(false, false), "idle: unprotected polls");
+        assert!(p.cover_receive(true, false), "jobs running: always covered");
+        assert!(p.cover_receive(true, true), "jobs running: always covered");
         assert_eq!(p.when_empty(), WhenEmpty::Release);
         assert!(
             p.cover_after_receipt(false),
             "uncovered messages get protection first"
         );
-        assert!(p.cover_receive(false), "work again: covered receives");
+        assert!(
+            p.cover_receive(false, false),
+            "work again: covered receives"
+        );
         assert!(!p.cover_after_receipt(true));
     }
 
     #[test]
     fn on_receipt_covers_only_while_jobs_run_and_every_receipt() {
         let mut p = ProtectPolicy::new(ProtectMode::OnReceipt, true);
-        assert!(!p.cover_receive(false));
-        assert!(p.cover_receive(true));
+        assert!(!p.cover_receive(false, false));
+        assert!(p.cover_receive(true, false));
         assert_eq!(p.when_empty(), WhenEmpty::Release);
-        assert!(!p.waits_out_idle_periods());
         assert!(p.cover_after_receipt(true));
     }
 
@@ -111,7 +118,7 @@ mod tests {
     fn without_protection_nothing_is_asked() {
         for mode in [ProtectMode::BeforeReceive, ProtectMode::OnReceipt] {
             let mut p = ProtectPolicy::new(mode, false);
-            assert!(!p.cover_receive(true));
+            assert!(!p.cover_receive(true, false));
             assert_eq!(p.when_empty(), WhenEmpty::Nothing);
             assert!(!p.cover_after_receipt(false));
         }

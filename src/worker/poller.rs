@@ -1,5 +1,6 @@
 //! One queue's poll loop: take job slots, get protection as the [`ProtectPolicy`] says, receive
-//! at most as many messages as there are slots, and start a job per message.
+//! at most as many messages as there are slots, and start a job per message; while the worker
+//! yields to ECS, take nothing and let protection go once the running jobs end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,14 +13,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::context::{Queue, Shared};
+use super::demand::Demand;
 use super::job::{self, fifo_groups, run_group, run_job};
 use super::policy::{ProtectPolicy, WhenEmpty};
 use crate::backoff::Backoff;
 use crate::handler::Handler;
 use crate::limits::SQS_MAX_RECEIVE_BATCH;
 use crate::observe::health::Phase;
-use crate::protection::demand::Demand;
 use crate::sqs::Received;
+use crate::yielding::Yielding;
 
 /// Extra protection cover asked for beyond a long poll, so messages never arrive unprotected.
 const COVER_MARGIN: Duration = Duration::from_secs(5);
@@ -110,6 +112,8 @@ pub(super) struct Poller<H> {
     pub demand: Arc<Demand>,
     pub sem: Arc<Semaphore>,
     pub active: Arc<AtomicUsize>,
+    /// Set while the worker gives way to ECS.
+    pub yielding: Arc<Yielding>,
     pub jobs: TaskTracker,
     pub shutdown: CancellationToken,
     /// Fires when a long poll still under way at shutdown is to be abandoned.
@@ -130,23 +134,28 @@ impl<H: Handler> Poller<H> {
         };
         let mut receive_failures = 0u32;
         let (url, slot, health) = (&*self.queue.url, self.slot, &self.shared.health);
+        let mut yield_rx = self.yielding.subscribe();
         loop {
+            if yield_rx.borrow_and_update().is_some() {
+                if !self.wait_out_yield().await {
+                    break;
+                }
+                continue;
+            }
             health.set_for(slot, Phase::WaitingPermits);
             let jobs_running = self.jobs_running();
             let take = take_permits(&self.sem, share.batch_max(), jobs_running);
-            let Some(permits) = or_cancel(&self.shutdown, take).await else {
-                break;
+            let permits = tokio::select! {
+                p = take => p,
+                _ = self.shutdown.cancelled() => break,
+                // A yield that starts while every slot is busy: take no slot.
+                _ = yield_rx.changed() => continue,
             };
             if permits.is_empty() {
                 break;
             }
-            let covered = policy.cover_receive(self.jobs_running());
+            let covered = policy.cover_receive(self.jobs_running(), self.demand.in_idle_period());
             if covered {
-                if policy.waits_out_idle_periods()
-                    && !self.demand.wait_not_idle(slot, &self.shutdown).await
-                {
-                    break;
-                }
                 let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
                 self.demand.hold(slot, until);
                 health.set_for(slot, Phase::WaitingProtection);
@@ -200,6 +209,17 @@ impl<H: Handler> Poller<H> {
                 }
                 break;
             }
+            if self.yielding.current().is_some() {
+                if !messages.is_empty() {
+                    tracing::info!(
+                        queue_url = url,
+                        count = messages.len(),
+                        "yielding: returning messages received during the last poll"
+                    );
+                    self.shared.sqs.return_now(url, &messages).await;
+                }
+                continue;
+            }
             share.saw(messages.is_empty());
             if messages.is_empty() {
                 drop(permits);
@@ -224,7 +244,7 @@ impl<H: Handler> Poller<H> {
     }
 
     fn jobs_running(&self) -> bool {
-        self.shared.running.load(Ordering::Acquire) > 0
+        self.shared.running.any()
     }
 
     /// An empty receive with no job running: release or go idle as the policy says. False if
@@ -237,15 +257,43 @@ impl<H: Handler> Poller<H> {
                 true
             }
             WhenEmpty::GoIdle => {
+                // Let go (together with the other pollers). While the grant still holds, go on
+                // receiving under it; once it is released, stay unprotected for the idle window
+                // so that ECS can stop this task.
+                self.demand.open_idle(self.slot);
+                if self.demand.protection_held() {
+                    return true;
+                }
                 self.shared.health.set_for(self.slot, Phase::Idle);
-                // Release (together with the other pollers), then stay unprotected for the idle
-                // window so that ECS can stop this task.
                 let window = self.shared.config.protection.idle_window;
-                if !self.demand.idle(self.slot, window, &self.shutdown).await {
+                if !self.demand.window(window, &self.shutdown).await {
                     return false;
                 }
                 policy.went_idle();
                 true
+            }
+        }
+    }
+
+    /// The worker yields: take no message; once no job runs, let protection go at once (no
+    /// minimum hold: ECS is waiting); then wait unprotected until the yield ends. False if
+    /// shutdown came first.
+    async fn wait_out_yield(&self) -> bool {
+        self.shared.health.set_for(self.slot, Phase::Yielding);
+        self.demand.release(self.slot);
+        let mut rx = self.yielding.subscribe();
+        let running = &self.shared.running;
+        loop {
+            if rx.borrow_and_update().is_none() {
+                return true;
+            }
+            if !running.any() {
+                self.demand.release_now(self.slot);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return true },
+                _ = running.wait_idle(), if running.any() => {}
+                _ = self.shutdown.cancelled() => return false,
             }
         }
     }
@@ -282,7 +330,7 @@ impl<H: Handler> Poller<H> {
     /// One job task per message (per message group on a FIFO queue), each holding its slot.
     fn start_jobs(&self, batch: Vec<(Received, OwnedSemaphorePermit)>) {
         let (shared, queue) = (&self.shared, &self.queue);
-        shared.running.fetch_add(batch.len(), Ordering::AcqRel);
+        shared.running.add(batch.len());
         self.demand.busy();
         if queue.info.fifo {
             // One task per message group: a group's messages run one after another, in order;

@@ -11,7 +11,7 @@ mod watch;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecs::config::http::HttpResponse;
-use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::primitives::{DateTime, DateTimeFormat};
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -134,35 +134,13 @@ impl EcsError {
     }
 }
 
-/// One short line saying why an SDK call failed: the service's error code and message when it
-/// sent them; the HTTP status when its answer could not be read (moto answers unknown actions with
-/// an HTML 500 page); otherwise the error chain (no credentials, connection refused, ...).
-pub(super) fn aws_reason<E>(e: &SdkError<E, HttpResponse>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match (e.code(), e.message()) {
-        (Some(code), Some(msg)) => return format!("{code}: {msg}"),
-        (Some(code), None) => return code.to_string(),
-        _ => {}
-    }
-    match e {
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
-            let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-            format!("HTTP {status} with no readable error")
-        }
-        _ => DisplayErrorContext(e).to_string().replace('\n', " "),
-    }
-}
-
 pub(super) fn aws<E>(op: &'static str) -> impl Fn(SdkError<E, HttpResponse>) -> EcsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     move |e| EcsError::Aws {
         op,
-        reason: aws_reason(&e),
+        reason: crate::aws::error_reason(&e),
     }
 }
 
@@ -264,7 +242,7 @@ pub(super) async fn main(args: EcsArgs) -> Result<Done, EcsError> {
         EcsCommand::Watch(a) => (&a.service, &a.opts, None, true),
     };
     let s = settings(service_args, opts)?;
-    let sdk = crate::app::aws_config().await;
+    let sdk = crate::aws::aws_config().await;
     let ecs = aws_sdk_ecs::Client::new(&sdk);
     let located = locate(&ecs, &s.target).await?;
     let name = format!(

@@ -8,7 +8,8 @@ use aws_sdk_ecs::types::Service;
 use tokio_util::sync::CancellationToken;
 
 use super::locate::Located;
-use super::{aws, aws_reason, fmt_time, now, short, EcsError};
+use super::{aws, fmt_time, now, short, EcsError};
+use crate::aws::error_reason as aws_reason;
 use crate::limits::{ECS_GET_TASK_PROTECTION_MAX, ECS_SERVICE_EVENTS_KEPT};
 
 /// Existing events shown for context when watching starts (the rest count as already seen).

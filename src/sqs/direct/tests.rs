@@ -314,7 +314,7 @@ async fn direct_requests_are_signed_as_sqs_verifies_and_match_the_sdks() {
             .region(Region::new(region))
             .credentials_provider(credentials())
             .endpoint_url(&endpoint)
-            .http_client(crate::app::http_client())
+            .http_client(crate::aws::http_client())
             .build(),
     );
     sdk.receive_message()
