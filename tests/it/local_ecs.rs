@@ -1,7 +1,8 @@
 //! End to end: `local-ecs` (in process, through its library API) running real `queue-worker`
 //! processes against fauxqs. Scale-in waits for protected jobs, an idle fleet goes promptly in
-//! both protection modes, a stuck task is stopped once its protection expires, and a deployment
-//! replaces tasks without interrupting jobs.
+//! both protection modes, a stuck task is stopped once its protection expires, and deployments
+//! replace tasks without interrupting jobs, with the rolling settings 200/100 (new tasks first)
+//! and 100/0 (old tasks first), idle or held up by a protected job.
 //!
 //! The workers run with a 1 s shutdown deadline: a task stopped in the middle of a job would
 //! cancel it (a "cancelled at the shutdown deadline" log line), so "no job cancelled" really
@@ -39,6 +40,17 @@ pub(crate) async fn fleet_with(
     env: &[(&str, &str)],
     echo: Echo,
 ) -> Fleet {
+    fleet_tuned(tasks, queue, env, echo, |_| {}).await
+}
+
+/// [`fleet_with`], with the spec changed by `tune` before the service starts.
+async fn fleet_tuned(
+    tasks: usize,
+    queue: &str,
+    env: &[(&str, &str)],
+    echo: Echo,
+    tune: impl FnOnce(&mut ServiceSpec),
+) -> Fleet {
     let logs = std::env::temp_dir().join(unique("local-ecs-logs"));
     let mut spec = ServiceSpec::new(worker_bin(), vec![OsString::from("run")]);
     spec.desired = tasks;
@@ -74,6 +86,7 @@ pub(crate) async fn fleet_with(
         .into_iter()
         .map(|(k, v)| (OsString::from(k), OsString::from(v)))
         .collect();
+    tune(&mut spec);
     let t0 = SystemTime::now();
     let ecs = LocalEcs::start(spec).await.expect("local-ecs starts");
     let control = ecs.control();
@@ -416,4 +429,214 @@ async fn deploy_replaces_tasks_without_interrupting_jobs() {
     let logs = f.logs.clone();
     f.finish().await;
     cleanup_dir(&logs);
+}
+
+/// Most tasks alive and fewest running (not told to stop) from the deployment of revision 2 on.
+fn deployment_extremes(c: &Control) -> (usize, usize) {
+    let events = c.events();
+    let from = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::DeploymentStarted { revision: 2 }))
+        .expect("deployment started");
+    let (mut alive, mut running) = (0usize, 0usize);
+    for e in &events[..from] {
+        match e.kind {
+            EventKind::TaskStarted { .. } => {
+                alive += 1;
+                running += 1;
+            }
+            EventKind::Sigterm { .. } => running -= 1,
+            EventKind::TaskExited { .. } => alive -= 1,
+            _ => {}
+        }
+    }
+    let (mut most, mut fewest) = (alive, running);
+    for e in &events[from..] {
+        match e.kind {
+            EventKind::TaskStarted { .. } => {
+                alive += 1;
+                running += 1;
+            }
+            EventKind::Sigterm { .. } => running -= 1,
+            EventKind::TaskExited { .. } => alive -= 1,
+            _ => {}
+        }
+        most = most.max(alive);
+        fewest = fewest.min(running);
+    }
+    (most, fewest)
+}
+
+/// The position in the timeline of the first event that `p` matches.
+fn first(c: &Control, p: impl Fn(&EventKind) -> bool) -> usize {
+    c.events()
+        .iter()
+        .position(|e| p(&e.kind))
+        .expect("event in the timeline")
+}
+
+async fn wait_deployed(f: &Fleet, revision: u32, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || async {
+            let s = f.control.status();
+            s.steady
+                && s.tasks.len() == 2
+                && s.tasks.iter().all(|t| t.revision == revision)
+                && s.deployments.len() == 1
+                && s.deployments[0].rollout_state == "COMPLETED"
+        })
+        .await,
+        "the deployment completes: {:?}",
+        f.control.status()
+    );
+    assert!(f.control.events().iter().any(|e| matches!(
+        e.kind,
+        EventKind::DeploymentCompleted { revision: r } if r == revision
+    )));
+}
+
+/// Idle workers release protection, so a deployment goes through with either setting.
+async fn idle_deploy(max: u32, min: u32) -> Fleet {
+    let c = client();
+    let q = create_queue(&c, "e2e-deploy-idle", &[]).await;
+    let f = fleet_tuned(2, &q, &[], Echo::Stderr, |s| {
+        s.maximum_percent = max;
+        s.minimum_healthy_percent = min;
+    })
+    .await;
+    f.wait_started(2).await;
+    let revision = f.control.deploy();
+    wait_deployed(&f, revision, SECS(40)).await;
+    assert_eq!(f.cancelled(), 0);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_200_100_of_idle_tasks_starts_the_new_ones_first() {
+    let f = idle_deploy(200, 100).await;
+    let c = &f.control;
+    let second_new = first(c, |k| matches!(k, EventKind::TaskStarted { task: 4, .. }));
+    let first_stop = first(c, |k| {
+        matches!(
+            k,
+            EventKind::Sigterm {
+                reason: StopReason::Deployment,
+                ..
+            }
+        )
+    });
+    assert!(second_new < first_stop, "new tasks first: {:?}", c.events());
+    assert_eq!(deployment_extremes(c), (4, 2));
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_100_0_of_idle_tasks_stops_the_old_ones_first() {
+    let f = idle_deploy(100, 0).await;
+    let c = &f.control;
+    let first_new = first(c, |k| matches!(k, EventKind::TaskStarted { task: 3, .. }));
+    let first_stop = first(c, |k| {
+        matches!(
+            k,
+            EventKind::Sigterm {
+                reason: StopReason::Deployment,
+                ..
+            }
+        )
+    });
+    assert!(first_stop < first_new, "old tasks first: {:?}", c.events());
+    let (most, _) = deployment_extremes(c);
+    assert_eq!(most, 2, "never above 100 %");
+    f.finish().await;
+}
+
+/// 100/0 with one task busy on a protected 6 s job: the idle task makes room for one new task;
+/// the busy one holds the deployment up until its job is done, and no job is interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_100_0_waits_for_the_protected_job_then_completes() {
+    let c = client();
+    let q = create_queue(&c, "e2e-deploy-held", &[]).await;
+    let f = fleet_tuned(
+        2,
+        &q,
+        &[("WORKER_PROTECT", "on-receipt")],
+        Echo::Stderr,
+        |s| {
+            s.maximum_percent = 100;
+            s.minimum_healthy_percent = 0;
+        },
+    )
+    .await;
+    f.wait_started(2).await;
+    let ids = send_bodies(&c, &q, &["6s"]).await;
+    assert!(
+        wait_until(SECS(15), || async { f.running_jobs_of(6000).len() == 1 }).await,
+        "the long job starts"
+    );
+    let busy = f.running_jobs_of(6000)[0];
+    assert!(
+        wait_until(SECS(5), || async {
+            f.control
+                .status()
+                .tasks
+                .iter()
+                .any(|t| t.task == busy && t.protected)
+        })
+        .await,
+        "the busy task is protected"
+    );
+    let revision = f.control.deploy();
+    assert!(
+        wait_until(SECS(5), || async {
+            f.control
+                .events()
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::DeploymentBlocked { protected: 1 }))
+        })
+        .await,
+        "held up by the protected task: {:?}",
+        f.control.events()
+    );
+    let s = f.control.status();
+    assert!(
+        s.tasks
+            .iter()
+            .any(|t| t.task == busy && t.stopping.is_none()),
+        "{s:?}"
+    );
+    wait_deployed(&f, revision, SECS(40)).await;
+
+    let terms = sigterms(&f.control);
+    for (task, v) in f.log_lines() {
+        if v["message"] == "done" && task == busy {
+            assert!(
+                timestamp(&v) <= f.t0 + terms[&task] + Duration::from_millis(100),
+                "task {task} was stopped before its job was done"
+            );
+        }
+    }
+    assert_eq!(f.cancelled(), 0, "no job was interrupted");
+    assert_eq!(f.done().get(&ids[0]), Some(&1));
+    let ctl = &f.control;
+    let idle = if busy == 1 { 2 } else { 1 };
+    let idle_exit = first(
+        ctl,
+        |k| matches!(k, EventKind::TaskExited { task, .. } if *task == idle),
+    );
+    let new_start = first(ctl, |k| matches!(k, EventKind::TaskStarted { task: 3, .. }));
+    let busy_stop = first(
+        ctl,
+        |k| matches!(k, EventKind::Sigterm { task, .. } if *task == busy),
+    );
+    assert!(
+        idle_exit < new_start && new_start < busy_stop,
+        "{:?}",
+        ctl.events()
+    );
+    assert_eq!(deployment_extremes(ctl).0, 2, "never above 100 %");
+    eprintln!(
+        "deploy 100/0: old busy task held the deployment {:.1}s",
+        f.control.status().blocked_s
+    );
+    f.finish().await;
 }
