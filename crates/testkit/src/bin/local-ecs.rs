@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the service in the foreground until SIGINT/SIGTERM (which stops the tasks).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Change the desired count of the running service.
     Scale {
         #[arg(long)]
@@ -282,7 +282,7 @@ async fn up(args: UpArgs) -> Result<(), String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Up(args) => up(args).await,
+        Cmd::Up(args) => up(*args).await,
         Cmd::Scale { desired, at } => call::<Status>(
             &at,
             "/scale",
