@@ -3,8 +3,9 @@
 
 One lane per task: its jobs as bars (green done, red failed, grey cancelled at the shutdown
 deadline), shaded spans while it was protected, a hatched span while it was yielding, its
-start, SIGTERM, SIGKILL and exit; vertical markers for desired-count changes and deployments;
-a time axis in seconds since local-ecs started.
+start, SIGTERM, SIGKILL and exit; above them a "service" strip, red while scale-in or a
+deployment was held up by protected tasks; vertical markers for desired-count changes and
+deployments; a time axis in seconds since local-ecs started.
 
 Inputs:
   --events FILE  local-ecs's timeline: the JSON lines of `local-ecs up --timeline FILE`, or the
@@ -40,7 +41,9 @@ MARKER_COLOURS = {
 WIDTH = 1200
 LEFT = 150  # room for the lane labels
 RIGHT = 30
-TOP = 70  # title and marker labels
+TOP = 84  # title, marker labels and the service strip
+STRIP_H = 12
+BLOCKED_COLOUR = "#c62828"
 LANE_GAP = 8
 ROW_H = 11  # one row of job bars
 LANE_MIN_H = 34
@@ -157,7 +160,8 @@ def job_outcome(message):
 
 
 def build(events, logs):
-    """(lanes by task number, markers, time origin, time end), times in epoch seconds."""
+    """(lanes by task number, markers, blocked spans, time origin, time end), times in epoch
+    seconds."""
     times = []
     for e in events:
         t = parse_time(e.get("time"))
@@ -175,6 +179,7 @@ def build(events, logs):
         return lanes[n]
 
     markers = []
+    blocked = []  # (start, end or None, what)
     open_protection = {}
     last = origin
     for e in events:
@@ -208,6 +213,16 @@ def build(events, logs):
             if task in open_protection:
                 how = "expired" if kind == "protection-expired" else "off"
                 lane(task).protected.append((open_protection.pop(task), t, how))
+        elif kind in ("scale-in-blocked", "deployment-blocked"):
+            what = "scale-in" if kind == "scale-in-blocked" else "deployment"
+            if not blocked or blocked[-1][1] is not None:
+                blocked.append((t, None, what))
+            elif blocked[-1][2] != what:
+                blocked[-1] = (blocked[-1][0], t, blocked[-1][2])
+                blocked.append((t, None, what))
+        elif kind == "unblocked":
+            if blocked and blocked[-1][1] is None:
+                blocked[-1] = (blocked[-1][0], t, blocked[-1][2])
         elif kind == "desired-count":
             markers.append((t, kind, f"desired {e.get('from')}\u2192{e.get('to')}"))
         elif kind == "deployment-started":
@@ -242,7 +257,8 @@ def build(events, logs):
             ln.yielding.append((open_yield[0], max(end, open_yield[0]), open_yield[1]))
     for n, start in open_protection.items():
         lanes[n].protected.append((start, None, "open"))
-    return lanes, markers, origin, last
+    blocked = [(b, e if e is not None else last, what) for b, e, what in blocked]
+    return lanes, markers, blocked, origin, last
 
 
 def nice_step(span):
@@ -275,7 +291,7 @@ def fmt(x):
     return f"{x:.1f}"
 
 
-def render(lanes, markers, origin, last, title):
+def render(lanes, markers, blocked, origin, last, title):
     span = max(last - origin, 1.0) * 1.02
     plot_w = WIDTH - LEFT - RIGHT
 
@@ -351,20 +367,23 @@ def render(lanes, markers, origin, last, title):
                 f"({escape(reason)}) {fmt(y_start - origin)}s to {fmt(y_end - origin)}s"
                 f"</title></rect>"
             )
-            if reason:
-                add(
-                    f'<text x="{fmt(x(y_start) + 2)}" y="{fmt(top + 18)}" font-size="9" '
-                    f'fill="#a35f12">yield: {escape(reason)}</text>'
-                )
         for (j_start, j_end, outcome, message_id), row in placed:
             jy = top + 12 + row * ROW_H
             add(
                 f'<rect class="job job-{outcome}" x="{fmt(x(j_start))}" y="{fmt(jy)}" '
                 f'width="{fmt(max(x(j_end) - x(j_start), 1.5))}" height="{ROW_H - 3}" '
-                f'fill="{JOB_COLOURS[outcome]}" rx="1.5"><title>{outcome} '
+                f'fill="{JOB_COLOURS[outcome]}" stroke="white" stroke-width="0.6" rx="1.5">'
+                f"<title>{outcome} "
                 f"{escape(message_id)}: {fmt(j_start - origin)}s to {fmt(j_end - origin)}s "
                 f"({j_end - j_start:.2f}s)</title></rect>"
             )
+        for y_start, y_end, reason in ln.yielding:
+            # After the jobs, so that no bar hides it: just right of the hatched strip.
+            if reason:
+                add(
+                    f'<text x="{fmt(x(y_end) + 3)}" y="{fmt(top + 8)}" font-size="9" '
+                    f'fill="#a35f12">yield: {escape(reason)}</text>'
+                )
         if ln.start is not None:
             add(
                 f'<path class="start" d="M{fmt(x(ln.start))},{fmt(top)} l6,{h / 2} l-6,{h / 2} z" '
@@ -379,8 +398,8 @@ def render(lanes, markers, origin, last, title):
             )
         if ln.sigkill is not None:
             add(
-                f'<text class="sigkill" x="{fmt(x(ln.sigkill))}" y="{fmt(top + h - 3)}" '
-                f'text-anchor="middle" fill="#b00020" font-weight="bold">KILL</text>'
+                f'<text class="sigkill" x="{fmt(x(ln.sigkill) - 3)}" y="{fmt(top + h - 3)}" '
+                f'text-anchor="end" fill="#b00020" font-weight="bold">SIGKILL</text>'
             )
         if ln.end is not None:
             add(
@@ -390,6 +409,33 @@ def render(lanes, markers, origin, last, title):
             )
         add("</g>")
 
+    # The service strip: when protected tasks held scale-in or a deployment up.
+    strip_y = TOP - STRIP_H - 6
+    add('<g class="service">')
+    add(
+        f'<text x="{LEFT - 8}" y="{strip_y + STRIP_H - 2}" text-anchor="end" fill="#555">'
+        "held up by protection</text>"
+    )
+    add(
+        f'<rect x="{LEFT}" y="{strip_y}" width="{plot_w}" height="{STRIP_H}" fill="#fafafa" '
+        f'stroke="#e0e0e0"/>'
+    )
+    for b_start, b_end, what in blocked:
+        w = max(x(b_end) - x(b_start), 1.5)
+        add(
+            f'<rect class="blocked" x="{fmt(x(b_start))}" y="{strip_y}" width="{fmt(w)}" '
+            f'height="{STRIP_H}" fill="{BLOCKED_COLOUR}" fill-opacity="0.8"><title>{what} held '
+            f"up by protected tasks {fmt(b_start - origin)}s to {fmt(b_end - origin)}s "
+            f"({b_end - b_start:.1f}s)</title></rect>"
+        )
+        text = f"{what} blocked {b_end - b_start:.1f}s"
+        if w > 6.2 * len(text):
+            add(
+                f'<text x="{fmt(x(b_start) + 4)}" y="{strip_y + STRIP_H - 2.5}" font-size="9.5" '
+                f'fill="white">{escape(text)}</text>'
+            )
+    add("</g>")
+
     # Markers, labels staggered on three rows so that close ones do not overlap.
     label_rows = [-1e9, -1e9, -1e9]
     for t, kind, text in sorted(markers):
@@ -397,13 +443,19 @@ def render(lanes, markers, origin, last, title):
         row = next((i for i, end in enumerate(label_rows) if mx > end + 4), 0)
         label_rows[row] = mx + 6.2 * len(text)
         colour = MARKER_COLOURS.get(kind, "#444")
-        ly = 38 + row * 11
+        ly = 34 + row * 11
         add(f'<g class="marker marker-{kind}">')
         add(
             f'<line x1="{fmt(mx)}" y1="{ly + 2}" x2="{fmt(mx)}" y2="{plot_bottom}" '
             f'stroke="{colour}" stroke-width="1.2" stroke-dasharray="5,3"/>'
         )
-        add(f'<text x="{fmt(mx + 2)}" y="{ly}" fill="{colour}">{escape(text)}</text>')
+        if mx + 2 + 6.2 * len(text) > WIDTH:
+            add(
+                f'<text x="{fmt(mx - 2)}" y="{ly}" fill="{colour}" text-anchor="end">'
+                f"{escape(text)}</text>"
+            )
+        else:
+            add(f'<text x="{fmt(mx + 2)}" y="{ly}" fill="{colour}">{escape(text)}</text>')
         add("</g>")
 
     # Time axis.
@@ -437,6 +489,7 @@ def render(lanes, markers, origin, last, title):
         ("yield", YIELD_COLOUR, "yielding"),
         ("sigterm", "#d6453d", "SIGTERM"),
         ("exit", "#222", "exit"),
+        ("rect", BLOCKED_COLOUR, "held up by protection"),
     ]
     lx = LEFT
     add('<g class="legend">')
@@ -467,12 +520,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     events = load_events(args.events)
     logs = load_logs(args.logs)
-    lanes, markers, origin, last = build(events, logs)
+    lanes, markers, blocked, origin, last = build(events, logs)
     if not lanes:
         print("timeline: no tasks in the events or the logs: nothing to draw", file=sys.stderr)
         return 1
     with open(args.out, "w", encoding="utf-8") as f:
-        f.write(render(lanes, markers, origin, last, args.title))
+        f.write(render(lanes, markers, blocked, origin, last, args.title))
     jobs = sum(len(ln.jobs) for ln in lanes.values())
     print(f"timeline: {len(lanes)} tasks, {jobs} jobs, {len(markers)} markers -> {args.out}")
     return 0

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use testkit::local_ecs::{Control, Echo, EventKind, LocalEcs, ServiceSpec, StopReason};
+use testkit::local_ecs::{
+    Control, Echo, EcsOperation, EventKind, LocalEcs, ServiceSpec, StopReason,
+};
 
 use crate::support::*;
 
@@ -637,6 +639,70 @@ async fn deploy_100_0_waits_for_the_protected_job_then_completes() {
     eprintln!(
         "deploy 100/0: old busy task held the deployment {:.1}s",
         f.control.status().blocked_s
+    );
+    f.finish().await;
+}
+
+/// `queue-worker ecs scale --desired 0 --watch` against local-ecs's ECS API (found by its
+/// Copilot tags): it sees scale-in held up by the protected job, then the service settle at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_scale_watch_follows_local_ecs_to_zero() {
+    let c = client();
+    let q = create_queue(&c, "e2e-ecs-scale", &[]).await;
+    let f = fleet_tuned(
+        2,
+        &q,
+        &[("WORKER_PROTECT", "on-receipt")],
+        Echo::Stderr,
+        |s| {
+            s.tags = vec![
+                ("copilot-application".into(), "app".into()),
+                ("copilot-environment".into(), "test".into()),
+                ("copilot-service".into(), "worker".into()),
+            ];
+        },
+    )
+    .await;
+    f.wait_started(2).await;
+    send_bodies(&c, &q, &["4s"]).await;
+    assert!(
+        wait_until(SECS(15), || async { f.running_jobs_of(4000).len() == 1 }).await,
+        "the long job starts"
+    );
+    let mut env = crate::ecs::env_for(&fauxqs().endpoint);
+    env.push(("AWS_ENDPOINT_URL_ECS", f.control.ecs_endpoint()));
+    let args = [
+        "ecs",
+        "scale",
+        "--app",
+        "app",
+        "--env",
+        "test",
+        "--name",
+        "worker",
+        "--desired",
+        "0",
+        "--watch",
+        "--interval",
+        "300ms",
+        "--timeout",
+        "40s",
+    ];
+    let (code, stdout, stderr) = crate::ecs::run(&env, &args).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("was unable to scale in due to (reason 1 tasks under protection)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 protected"), "{stdout}");
+    assert!(stdout.contains("running 0 / desired 0"), "{stdout}");
+    assert!(f.control.status().tasks.is_empty());
+    assert_eq!(f.cancelled(), 0);
+    assert!(f.control.ecs_call_count(EcsOperation::UpdateService, None) == 1);
+    assert!(
+        f.control
+            .ecs_call_count(EcsOperation::GetTaskProtection, None)
+            >= 1
     );
     f.finish().await;
 }

@@ -57,6 +57,7 @@ def run_of_three():
         event(6.0, "desired-count", **{"from": 2, "to": 1}),
         event(7.0, "protection-off", task=1),
         event(7.1, "sigterm", task=1, reason="deployment"),
+        event(7.1, "unblocked"),
         event(7.5, "task-exited", task=1, code=0, signal=None, requested=True),
         event(8.0, "protection-expired", task=2),
         event(8.1, "sigterm", task=2, reason="scale-in"),
@@ -139,6 +140,7 @@ class TimelineTest(unittest.TestCase):
         self.assertEqual(len(self.of_class(root, "sigterm")), 2)
         self.assertEqual(len(self.of_class(root, "sigkill")), 1)
         self.assertEqual(len(self.of_class(root, "exit")), 2)
+        self.assertEqual(len(self.of_class(root, "blocked")), 1)
         # Revision 1's completion at the start is left out; the rest are markers.
         self.assertEqual(len(self.of_class(root, "marker")), 3)
         texts = " ".join(t.text or "" for t in root.iter(SVG + "text"))

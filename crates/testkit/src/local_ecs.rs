@@ -254,6 +254,8 @@ pub enum EventKind {
     DeploymentCompleted {
         revision: u32,
     },
+    /// Scale-in or the deployment is no longer held up by protected tasks.
+    Unblocked,
     Sigterm {
         task: u32,
         reason: StopReason,
@@ -329,6 +331,7 @@ impl Event {
                 "signal": signal,
                 "requested": requested,
             }),
+            EventKind::Unblocked => json!({"kind": "unblocked"}),
             EventKind::SteadyState => json!({"kind": "steady-state"}),
         };
         if let Some(o) = v.as_object_mut() {
@@ -1351,6 +1354,11 @@ impl Inner {
             None => {
                 if let Some(since) = st.blocked.since.take() {
                     st.blocked.total += now - since;
+                    let text = format!(
+                        "no longer held up by protected tasks (after {:.1}s)",
+                        (now - since).as_secs_f64()
+                    );
+                    self.event(st, EventKind::Unblocked, text);
                 }
                 st.blocked.last = None;
             }

@@ -35,7 +35,7 @@ enum Cmd {
         #[command(flatten)]
         at: ControlAt,
     },
-    /// Replace every task, like a rolling deployment (protected tasks are waited for).
+    /// Start a rolling deployment of a new revision (see up --maximum-percent/--minimum-healthy-percent).
     Deploy {
         #[command(flatten)]
         at: ControlAt,
