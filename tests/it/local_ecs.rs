@@ -441,7 +441,8 @@ fn deployment_extremes(c: &Control) -> (usize, usize) {
         .position(|e| matches!(e.kind, EventKind::DeploymentStarted { revision: 2 }))
         .expect("deployment started");
     let (mut alive, mut running) = (0usize, 0usize);
-    for e in &events[..from] {
+    let (mut most, mut fewest) = (0, usize::MAX);
+    for (i, e) in events.iter().enumerate() {
         match e.kind {
             EventKind::TaskStarted { .. } => {
                 alive += 1;
@@ -451,22 +452,25 @@ fn deployment_extremes(c: &Control) -> (usize, usize) {
             EventKind::TaskExited { .. } => alive -= 1,
             _ => {}
         }
-    }
-    let (mut most, mut fewest) = (alive, running);
-    for e in &events[from..] {
-        match e.kind {
-            EventKind::TaskStarted { .. } => {
-                alive += 1;
-                running += 1;
-            }
-            EventKind::Sigterm { .. } => running -= 1,
-            EventKind::TaskExited { .. } => alive -= 1,
-            _ => {}
+        if i >= from {
+            most = most.max(alive);
+            fewest = fewest.min(running);
         }
-        most = most.max(alive);
-        fewest = fewest.min(running);
     }
     (most, fewest)
+}
+
+/// The position in the timeline of the first SIGTERM of a deployment.
+fn first_deployment_stop(c: &Control) -> usize {
+    first(c, |k| {
+        matches!(
+            k,
+            EventKind::Sigterm {
+                reason: StopReason::Deployment,
+                ..
+            }
+        )
+    })
 }
 
 /// The position in the timeline of the first event that `p` matches.
@@ -518,15 +522,7 @@ async fn deploy_200_100_of_idle_tasks_starts_the_new_ones_first() {
     let f = idle_deploy(200, 100).await;
     let c = &f.control;
     let second_new = first(c, |k| matches!(k, EventKind::TaskStarted { task: 4, .. }));
-    let first_stop = first(c, |k| {
-        matches!(
-            k,
-            EventKind::Sigterm {
-                reason: StopReason::Deployment,
-                ..
-            }
-        )
-    });
+    let first_stop = first_deployment_stop(c);
     assert!(second_new < first_stop, "new tasks first: {:?}", c.events());
     assert_eq!(deployment_extremes(c), (4, 2));
     f.finish().await;
@@ -537,15 +533,7 @@ async fn deploy_100_0_of_idle_tasks_stops_the_old_ones_first() {
     let f = idle_deploy(100, 0).await;
     let c = &f.control;
     let first_new = first(c, |k| matches!(k, EventKind::TaskStarted { task: 3, .. }));
-    let first_stop = first(c, |k| {
-        matches!(
-            k,
-            EventKind::Sigterm {
-                reason: StopReason::Deployment,
-                ..
-            }
-        )
-    });
+    let first_stop = first_deployment_stop(c);
     assert!(first_stop < first_new, "old tasks first: {:?}", c.events());
     let (most, _) = deployment_extremes(c);
     assert_eq!(most, 2, "never above 100 %");

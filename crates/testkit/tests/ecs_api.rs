@@ -152,6 +152,25 @@ impl Svc {
         assert!(out.failures().is_empty(), "{:?}", out.failures());
     }
 
+    /// Waits until the timeline has an event that `p` matches.
+    async fn wait_event(&self, what: &str, p: impl Fn(&EventKind) -> bool) {
+        self.wait(what, |c| c.events().iter().any(|e| p(&e.kind)))
+            .await;
+    }
+
+    /// DescribeServices of the service, as the SDK decodes it.
+    async fn service(&self) -> aws_sdk_ecs::types::Service {
+        let out = self
+            .client
+            .describe_services()
+            .cluster("local")
+            .services("queue-worker")
+            .send()
+            .await
+            .expect("DescribeServices");
+        out.services()[0].clone()
+    }
+
     fn kinds(&self) -> Vec<EventKind> {
         self.control.events().into_iter().map(|e| e.kind).collect()
     }
@@ -755,21 +774,11 @@ async fn update_service_scales_and_starts_a_deployment_that_protection_holds_up(
         s.tasks.iter().filter(|t| t.revision == 2).count() == 2 && s.tasks.len() == 3
     })
     .await;
-    svc.wait("blocked event", |c| {
-        c.events()
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::DeploymentBlocked { protected: 1 }))
+    svc.wait_event("blocked event", |k| {
+        matches!(k, EventKind::DeploymentBlocked { protected: 1 })
     })
     .await;
-    let out = svc
-        .client
-        .describe_services()
-        .cluster("local")
-        .services("queue-worker")
-        .send()
-        .await
-        .expect("DescribeServices");
-    let s = &out.services()[0];
+    let s = svc.service().await;
     let d = s.deployments();
     assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!(
@@ -842,21 +851,11 @@ async fn update_service_scales_and_starts_a_deployment_that_protection_holds_up(
         s.steady && s.tasks.iter().all(|t| t.revision == 2)
     })
     .await;
-    svc.wait("deployment completed", |c| {
-        c.events()
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::DeploymentCompleted { revision: 2 }))
+    svc.wait_event("deployment completed", |k| {
+        matches!(k, EventKind::DeploymentCompleted { revision: 2 })
     })
     .await;
-    let out = svc
-        .client
-        .describe_services()
-        .cluster("local")
-        .services("queue-worker")
-        .send()
-        .await
-        .expect("DescribeServices");
-    let s = &out.services()[0];
+    let s = svc.service().await;
     assert_eq!(s.deployments().len(), 1);
     assert_eq!(s.deployments()[0].id(), Some(new_deployment.as_str()));
     assert_eq!(
@@ -979,10 +978,8 @@ async fn deployment_with(max: u32, min: u32, protect_first: bool) -> (Svc, Vec<S
     }
     assert_eq!(svc.control.deploy(), 2);
     if protect_first {
-        svc.wait("held up by task 1", |c| {
-            c.events()
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::DeploymentBlocked { protected: 1 }))
+        svc.wait_event("held up by task 1", |k| {
+            matches!(k, EventKind::DeploymentBlocked { protected: 1 })
         })
         .await;
         // Held: the old task is still there a while later.
@@ -995,10 +992,8 @@ async fn deployment_with(max: u32, min: u32, protect_first: bool) -> (Svc, Vec<S
         assert!(!s.steady);
         svc.protect(1, false).await;
     }
-    svc.wait("deployment completed", |c| {
-        c.events()
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::DeploymentCompleted { revision: 2 }))
+    svc.wait_event("deployment completed", |k| {
+        matches!(k, EventKind::DeploymentCompleted { revision: 2 })
     })
     .await;
     let status = svc.control.status();
