@@ -1144,3 +1144,60 @@ async fn timeline_is_written_as_json_lines_and_served_as_json() {
     svc.finish().await;
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_port_sets_ecs_faults_and_lists_the_calls() {
+    let svc = started(1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(testkit::local_ecs::serve_control(
+        svc.control.clone(),
+        listener,
+        stop.clone(),
+    ));
+    let http = reqwest::Client::builder()
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .expect("client");
+    let faults: Value = http
+        .put(format!("{base}/ecs/faults"))
+        .json(&serde_json::json!({"deny": ["ListTasks"], "throttle": {"DescribeTasks": 1.0}}))
+        .send()
+        .await
+        .expect("PUT /ecs/faults")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(faults["deny"], serde_json::json!(["ListTasks"]));
+    let err = svc
+        .client
+        .list_tasks()
+        .cluster("local")
+        .send()
+        .await
+        .expect_err("denied");
+    assert_eq!(err.code(), Some("AccessDeniedException"));
+    let calls: Value = http
+        .get(format!("{base}/ecs/calls"))
+        .send()
+        .await
+        .expect("GET /ecs/calls")
+        .json()
+        .await
+        .expect("JSON");
+    let last = calls
+        .as_array()
+        .and_then(|c| c.last())
+        .expect("a call")
+        .clone();
+    assert_eq!(last["operation"], "ListTasks");
+    assert_eq!(last["outcome"], "denied");
+    assert_eq!(last["task"], Value::Null);
+    assert!(last["at_s"].is_f64());
+    stop.cancel();
+    let _ = tokio::time::timeout(SECS(5), server).await;
+    svc.finish().await;
+}
