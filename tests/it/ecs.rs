@@ -88,7 +88,7 @@ impl Drop for Moto {
     }
 }
 
-fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", endpoint.to_string()),
         ("AWS_REGION", "us-east-1".into()),
@@ -110,7 +110,10 @@ fn queue_worker(env: &[(&'static str, String)], args: &[&str]) -> tokio::process
 }
 
 /// Runs the binary to the end (bounded: it is killed after 60 s).
-async fn run(env: &[(&'static str, String)], args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) async fn run(
+    env: &[(&'static str, String)],
+    args: &[&str],
+) -> (Option<i32>, String, String) {
     let out: Output =
         tokio::time::timeout(Duration::from_secs(60), queue_worker(env, args).output())
             .await

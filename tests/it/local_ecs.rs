@@ -1,7 +1,8 @@
 //! End to end: `local-ecs` (in process, through its library API) running real `queue-worker`
 //! processes against fauxqs. Scale-in waits for protected jobs, an idle fleet goes promptly in
-//! both protection modes, a stuck task is stopped once its protection expires, and a deployment
-//! replaces tasks without interrupting jobs.
+//! both protection modes, a stuck task is stopped once its protection expires, and deployments
+//! replace tasks without interrupting jobs, with the rolling settings 200/100 (new tasks first)
+//! and 100/0 (old tasks first), idle or held up by a protected job.
 //!
 //! The workers run with a 1 s shutdown deadline: a task stopped in the middle of a job would
 //! cancel it (a "cancelled at the shutdown deadline" log line), so "no job cancelled" really
@@ -13,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use testkit::local_ecs::{Control, Echo, EventKind, LocalEcs, ServiceSpec, StopReason};
+use testkit::local_ecs::{
+    Control, Echo, EcsOperation, EventKind, LocalEcs, ServiceSpec, StopReason,
+};
 
 use crate::support::*;
 
@@ -38,6 +41,17 @@ pub(crate) async fn fleet_with(
     queue: &str,
     env: &[(&str, &str)],
     echo: Echo,
+) -> Fleet {
+    fleet_tuned(tasks, queue, env, echo, |_| {}).await
+}
+
+/// [`fleet_with`], with the spec changed by `tune` before the service starts.
+async fn fleet_tuned(
+    tasks: usize,
+    queue: &str,
+    env: &[(&str, &str)],
+    echo: Echo,
+    tune: impl FnOnce(&mut ServiceSpec),
 ) -> Fleet {
     let logs = std::env::temp_dir().join(unique("local-ecs-logs"));
     let mut spec = ServiceSpec::new(worker_bin(), vec![OsString::from("run")]);
@@ -74,6 +88,7 @@ pub(crate) async fn fleet_with(
         .into_iter()
         .map(|(k, v)| (OsString::from(k), OsString::from(v)))
         .collect();
+    tune(&mut spec);
     let t0 = SystemTime::now();
     let ecs = LocalEcs::start(spec).await.expect("local-ecs starts");
     let control = ecs.control();
@@ -416,4 +431,266 @@ async fn deploy_replaces_tasks_without_interrupting_jobs() {
     let logs = f.logs.clone();
     f.finish().await;
     cleanup_dir(&logs);
+}
+
+/// Most tasks alive and fewest running (not told to stop) from the deployment of revision 2 on.
+fn deployment_extremes(c: &Control) -> (usize, usize) {
+    let events = c.events();
+    let from = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::DeploymentStarted { revision: 2 }))
+        .expect("deployment started");
+    let (mut alive, mut running) = (0usize, 0usize);
+    let (mut most, mut fewest) = (0, usize::MAX);
+    for (i, e) in events.iter().enumerate() {
+        match e.kind {
+            EventKind::TaskStarted { .. } => {
+                alive += 1;
+                running += 1;
+            }
+            EventKind::Sigterm { .. } => running -= 1,
+            EventKind::TaskExited { .. } => alive -= 1,
+            _ => {}
+        }
+        if i >= from {
+            most = most.max(alive);
+            fewest = fewest.min(running);
+        }
+    }
+    (most, fewest)
+}
+
+/// The position in the timeline of the first SIGTERM of a deployment.
+fn first_deployment_stop(c: &Control) -> usize {
+    first(c, |k| {
+        matches!(
+            k,
+            EventKind::Sigterm {
+                reason: StopReason::Deployment,
+                ..
+            }
+        )
+    })
+}
+
+/// The position in the timeline of the first event that `p` matches.
+fn first(c: &Control, p: impl Fn(&EventKind) -> bool) -> usize {
+    c.events()
+        .iter()
+        .position(|e| p(&e.kind))
+        .expect("event in the timeline")
+}
+
+async fn wait_deployed(f: &Fleet, revision: u32, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || async {
+            let s = f.control.status();
+            s.steady
+                && s.tasks.len() == 2
+                && s.tasks.iter().all(|t| t.revision == revision)
+                && s.deployments.len() == 1
+                && s.deployments[0].rollout_state == "COMPLETED"
+        })
+        .await,
+        "the deployment completes: {:?}",
+        f.control.status()
+    );
+    assert!(f.control.events().iter().any(|e| matches!(
+        e.kind,
+        EventKind::DeploymentCompleted { revision: r } if r == revision
+    )));
+}
+
+/// Idle workers release protection, so a deployment goes through with either setting.
+async fn idle_deploy(max: u32, min: u32) -> Fleet {
+    let c = client();
+    let q = create_queue(&c, "e2e-deploy-idle", &[]).await;
+    let f = fleet_tuned(2, &q, &[], Echo::Stderr, |s| {
+        s.maximum_percent = max;
+        s.minimum_healthy_percent = min;
+    })
+    .await;
+    f.wait_started(2).await;
+    let revision = f.control.deploy();
+    wait_deployed(&f, revision, SECS(40)).await;
+    assert_eq!(f.cancelled(), 0);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_200_100_of_idle_tasks_starts_the_new_ones_first() {
+    let f = idle_deploy(200, 100).await;
+    let c = &f.control;
+    let second_new = first(c, |k| matches!(k, EventKind::TaskStarted { task: 4, .. }));
+    let first_stop = first_deployment_stop(c);
+    assert!(second_new < first_stop, "new tasks first: {:?}", c.events());
+    assert_eq!(deployment_extremes(c), (4, 2));
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_100_0_of_idle_tasks_stops_the_old_ones_first() {
+    let f = idle_deploy(100, 0).await;
+    let c = &f.control;
+    let first_new = first(c, |k| matches!(k, EventKind::TaskStarted { task: 3, .. }));
+    let first_stop = first_deployment_stop(c);
+    assert!(first_stop < first_new, "old tasks first: {:?}", c.events());
+    let (most, _) = deployment_extremes(c);
+    assert_eq!(most, 2, "never above 100 %");
+    f.finish().await;
+}
+
+/// 100/0 with one task busy on a protected 6 s job: the idle task makes room for one new task;
+/// the busy one holds the deployment up until its job is done, and no job is interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_100_0_waits_for_the_protected_job_then_completes() {
+    let c = client();
+    let q = create_queue(&c, "e2e-deploy-held", &[]).await;
+    let f = fleet_tuned(
+        2,
+        &q,
+        &[("WORKER_PROTECT", "on-receipt")],
+        Echo::Stderr,
+        |s| {
+            s.maximum_percent = 100;
+            s.minimum_healthy_percent = 0;
+        },
+    )
+    .await;
+    f.wait_started(2).await;
+    let ids = send_bodies(&c, &q, &["6s"]).await;
+    assert!(
+        wait_until(SECS(15), || async { f.running_jobs_of(6000).len() == 1 }).await,
+        "the long job starts"
+    );
+    let busy = f.running_jobs_of(6000)[0];
+    assert!(
+        wait_until(SECS(5), || async {
+            f.control
+                .status()
+                .tasks
+                .iter()
+                .any(|t| t.task == busy && t.protected)
+        })
+        .await,
+        "the busy task is protected"
+    );
+    let revision = f.control.deploy();
+    assert!(
+        wait_until(SECS(5), || async {
+            f.control
+                .events()
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::DeploymentBlocked { protected: 1 }))
+        })
+        .await,
+        "held up by the protected task: {:?}",
+        f.control.events()
+    );
+    let s = f.control.status();
+    assert!(
+        s.tasks
+            .iter()
+            .any(|t| t.task == busy && t.stopping.is_none()),
+        "{s:?}"
+    );
+    wait_deployed(&f, revision, SECS(40)).await;
+
+    let terms = sigterms(&f.control);
+    for (task, v) in f.log_lines() {
+        if v["message"] == "done" && task == busy {
+            assert!(
+                timestamp(&v) <= f.t0 + terms[&task] + Duration::from_millis(100),
+                "task {task} was stopped before its job was done"
+            );
+        }
+    }
+    assert_eq!(f.cancelled(), 0, "no job was interrupted");
+    assert_eq!(f.done().get(&ids[0]), Some(&1));
+    let ctl = &f.control;
+    let idle = if busy == 1 { 2 } else { 1 };
+    let idle_exit = first(
+        ctl,
+        |k| matches!(k, EventKind::TaskExited { task, .. } if *task == idle),
+    );
+    let new_start = first(ctl, |k| matches!(k, EventKind::TaskStarted { task: 3, .. }));
+    let busy_stop = first(
+        ctl,
+        |k| matches!(k, EventKind::Sigterm { task, .. } if *task == busy),
+    );
+    assert!(
+        idle_exit < new_start && new_start < busy_stop,
+        "{:?}",
+        ctl.events()
+    );
+    assert_eq!(deployment_extremes(ctl).0, 2, "never above 100 %");
+    eprintln!(
+        "deploy 100/0: old busy task held the deployment {:.1}s",
+        f.control.status().blocked_s
+    );
+    f.finish().await;
+}
+
+/// `queue-worker ecs scale --desired 0 --watch` against local-ecs's ECS API (found by its
+/// Copilot tags): it sees scale-in held up by the protected job, then the service settle at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_scale_watch_follows_local_ecs_to_zero() {
+    let c = client();
+    let q = create_queue(&c, "e2e-ecs-scale", &[]).await;
+    let f = fleet_tuned(
+        2,
+        &q,
+        &[("WORKER_PROTECT", "on-receipt")],
+        Echo::Stderr,
+        |s| {
+            s.tags = vec![
+                ("copilot-application".into(), "app".into()),
+                ("copilot-environment".into(), "test".into()),
+                ("copilot-service".into(), "worker".into()),
+            ];
+        },
+    )
+    .await;
+    f.wait_started(2).await;
+    send_bodies(&c, &q, &["4s"]).await;
+    assert!(
+        wait_until(SECS(15), || async { f.running_jobs_of(4000).len() == 1 }).await,
+        "the long job starts"
+    );
+    let mut env = crate::ecs::env_for(&fauxqs().endpoint);
+    env.push(("AWS_ENDPOINT_URL_ECS", f.control.ecs_endpoint()));
+    let args = [
+        "ecs",
+        "scale",
+        "--app",
+        "app",
+        "--env",
+        "test",
+        "--name",
+        "worker",
+        "--desired",
+        "0",
+        "--watch",
+        "--interval",
+        "300ms",
+        "--timeout",
+        "40s",
+    ];
+    let (code, stdout, stderr) = crate::ecs::run(&env, &args).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("was unable to scale in due to (reason 1 tasks under protection)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 protected"), "{stdout}");
+    assert!(stdout.contains("running 0 / desired 0"), "{stdout}");
+    assert!(f.control.status().tasks.is_empty());
+    assert_eq!(f.cancelled(), 0);
+    assert!(f.control.ecs_call_count(EcsOperation::UpdateService, None) == 1);
+    assert!(
+        f.control
+            .ecs_call_count(EcsOperation::GetTaskProtection, None)
+            >= 1
+    );
+    f.finish().await;
 }

@@ -113,6 +113,39 @@ struct TaskInner {
     script: VecDeque<Reply>,
     default_reply: Reply,
     faults: Option<RandomFaults>,
+    meta: TaskMetadata,
+}
+
+/// What the task metadata v4 `/task` endpoint reports besides cluster and task ARN; `local-ecs`
+/// keeps it in step with its scheduler ([`TaskEndpoint::update_metadata`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskMetadata {
+    pub family: String,
+    /// The task's own task definition revision (a string, as the agent reports it).
+    pub revision: String,
+    /// `RUNNING`, or `STOPPED` once ECS has told the task to stop.
+    pub desired_status: String,
+    pub known_status: String,
+    /// `ServiceName`: EC2 agents report it, Fargate does not (`None` leaves the key out).
+    pub service_name: Option<String>,
+    pub availability_zone: String,
+    pub pull_started_at: SystemTime,
+    pub pull_stopped_at: SystemTime,
+}
+
+impl TaskMetadata {
+    fn new(now: SystemTime) -> Self {
+        Self {
+            family: TASK_FAMILY.to_owned(),
+            revision: TASK_REVISION.to_owned(),
+            desired_status: "RUNNING".to_owned(),
+            known_status: "RUNNING".to_owned(),
+            service_name: None,
+            availability_zone: "us-east-1a".to_owned(),
+            pull_started_at: now,
+            pull_stopped_at: now,
+        }
+    }
 }
 
 struct RandomFaults {
@@ -339,6 +372,7 @@ impl AgentDouble {
                 script: VecDeque::new(),
                 default_reply: Reply::Normal,
                 faults: None,
+                meta: TaskMetadata::new(self.shared.now()),
             }),
         });
         lock(&self.shared.tasks).insert(endpoint_id, task.clone());
@@ -421,6 +455,25 @@ impl TaskEndpoint {
     /// Enabled and not expired at `t`.
     pub fn is_protected_at(&self, t: SystemTime) -> bool {
         self.task.lock().protection.as_of(t).enabled
+    }
+
+    /// Sets protection the way a successful `UpdateTaskProtection` through the ECS API does (the
+    /// same state the agent endpoint reads and writes); not logged in [`TaskEndpoint::calls`].
+    pub fn set_protection(&self, enabled: bool, minutes: u32) -> Protection {
+        let now = self.shared.now();
+        let mut inner = self.task.lock();
+        inner.protection = protection_after(now, enabled, minutes);
+        inner.protection.as_of(now)
+    }
+
+    /// What the metadata endpoint reports for this task.
+    pub fn metadata(&self) -> TaskMetadata {
+        self.task.lock().meta.clone()
+    }
+
+    /// Changes what the metadata endpoint reports for this task.
+    pub fn update_metadata(&self, change: impl FnOnce(&mut TaskMetadata)) {
+        change(&mut self.task.lock().meta);
     }
 
     /// Every protection request received, in arrival order.
@@ -681,15 +734,7 @@ async fn protection_handler(
             let now = shared.now();
             let mut inner = task.lock();
             if let Some((enabled, minutes)) = expires_in {
-                // Each enabling call restarts the clock.
-                inner.protection = if enabled {
-                    Protection {
-                        enabled: true,
-                        expires_at: now.checked_add(Duration::from_secs(u64::from(minutes) * 60)),
-                    }
-                } else {
-                    Protection::OFF
-                };
+                inner.protection = protection_after(now, enabled, minutes);
             }
             protection_response(&task.task_arn, inner.protection.as_of(now))
         }
@@ -744,24 +789,42 @@ async fn task_metadata_handler(
         )
             .into_response();
     };
-    Json(json!({
+    let meta = task.lock().meta.clone();
+    let mut body = json!({
         "Cluster": task.cluster,
         "TaskARN": task.task_arn,
-        "Family": TASK_FAMILY,
-        "Revision": TASK_REVISION,
-        "DesiredStatus": "RUNNING",
-        "KnownStatus": "RUNNING",
+        "Family": meta.family,
+        "Revision": meta.revision,
+        "DesiredStatus": meta.desired_status,
+        "KnownStatus": meta.known_status,
         "Limits": { "CPU": 0.25, "Memory": 512 },
-        "AvailabilityZone": "us-east-1a",
+        "PullStartedAt": rfc3339(meta.pull_started_at),
+        "PullStoppedAt": rfc3339(meta.pull_stopped_at),
+        "AvailabilityZone": meta.availability_zone,
         "LaunchType": "FARGATE",
         "Containers": [{
             "Name": "worker",
-            "DesiredStatus": "RUNNING",
-            "KnownStatus": "RUNNING",
+            "DesiredStatus": meta.desired_status,
+            "KnownStatus": meta.known_status,
             "Type": "NORMAL"
         }]
-    }))
-    .into_response()
+    });
+    if let (Some(name), Some(object)) = (meta.service_name, body.as_object_mut()) {
+        object.insert("ServiceName".to_owned(), Value::from(name));
+    }
+    Json(body).into_response()
+}
+
+/// Protection after a successful set at `now`: each enabling call restarts the clock.
+fn protection_after(now: SystemTime, enabled: bool, minutes: u32) -> Protection {
+    if enabled {
+        Protection {
+            enabled: true,
+            expires_at: now.checked_add(Duration::from_secs(u64::from(minutes) * 60)),
+        }
+    } else {
+        Protection::OFF
+    }
 }
 
 fn record_bad_request(
@@ -819,7 +882,7 @@ fn error_response(
 }
 
 /// A UUID-shaped request id, as ECS returns.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     let a = fastrand::u128(..);
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -1265,6 +1328,29 @@ mod tests {
         assert_eq!(json["Revision"], TASK_REVISION);
         assert_eq!(json["DesiredStatus"], "RUNNING");
         assert_eq!(json["KnownStatus"], "RUNNING");
+        assert_eq!(json["LaunchType"], "FARGATE");
+        assert!(json["PullStartedAt"].is_string(), "{json}");
+        assert!(
+            json.get("ServiceName").is_none(),
+            "Fargate leaves it out: {json}"
+        );
+        assert!(task.calls().is_empty());
+        assert_eq!(task.pending_replies(), 1);
+
+        task.update_metadata(|m| {
+            m.revision = "2".to_owned();
+            m.desired_status = "STOPPED".to_owned();
+            m.service_name = Some("svc".to_owned());
+        });
+        let resp = client
+            .get(format!("{}/task", task.metadata_uri()))
+            .send()
+            .await
+            .expect("GET metadata");
+        let (_, json) = json_of(resp).await;
+        assert_eq!(json["Revision"], "2");
+        assert_eq!(json["DesiredStatus"], "STOPPED");
+        assert_eq!(json["ServiceName"], "svc");
         assert!(task.calls().is_empty());
         assert_eq!(task.pending_replies(), 1);
         double.shutdown().await;
@@ -1424,6 +1510,27 @@ mod tests {
 
         task.set_random_faults(0.0, 1);
         assert_eq!(json_of(get_state(&client, &task).await).await.0, 200);
+        double.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn protection_set_through_the_api_is_what_the_agent_reports() {
+        let (double, task, client) = start().await;
+        let p = task.set_protection(true, 3);
+        assert!(p.enabled);
+        let (_, body) = json_of(get_state(&client, &task).await).await;
+        assert_eq!(body["protection"]["ProtectionEnabled"], true);
+        double.advance_clock(Duration::from_secs(181));
+        assert!(!task.protection().enabled, "expired");
+        task.set_protection(true, 3);
+        assert_eq!(task.set_protection(false, 3), Protection::OFF);
+        let (_, body) = json_of(get_state(&client, &task).await).await;
+        assert_eq!(body["protection"]["ProtectionEnabled"], false);
+        assert_eq!(
+            task.calls().len(),
+            2,
+            "only the agent's own GETs are logged"
+        );
         double.shutdown().await;
     }
 

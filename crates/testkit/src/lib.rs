@@ -3,7 +3,8 @@
 //!
 //! - [`agent_double`]: the ECS agent's task-protection and task-metadata endpoints.
 //! - [`fault_proxy`]: a fault-injecting proxy in front of an SQS-compatible server.
-//! - [`local_ecs`]: a local stand-in for one ECS service (library behind the `local-ecs` binary).
+//! - [`local_ecs`]: a local stand-in for one ECS service, with its ECS API and rolling
+//!   deployments (library behind the `local-ecs` binary).
 //! - [`fauxqs`]: starts the fauxqs SQS emulator on a free loopback port.
 //!
 //! Binaries: `local-ecs` (the demo's and the soak's service scheduler) and `agent-double` (a

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use testkit::local_ecs::{
-    self, DeployReply, Echo, LocalEcs, ScaleRequest, ServiceSpec, Status, DEFAULT_CONTROL_PORT,
+    self, DeployReply, Echo, EcsOperation, LocalEcs, ScaleRequest, ServiceSpec, Status,
+    DEFAULT_CONTROL_PORT,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the service in the foreground until SIGINT/SIGTERM (which stops the tasks).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Change the desired count of the running service.
     Scale {
         #[arg(long)]
@@ -34,7 +35,7 @@ enum Cmd {
         #[command(flatten)]
         at: ControlAt,
     },
-    /// Replace every task, like a rolling deployment (protected tasks are waited for).
+    /// Start a rolling deployment of a new revision (see up --maximum-percent/--minimum-healthy-percent).
     Deploy {
         #[command(flatten)]
         at: ControlAt,
@@ -64,9 +65,36 @@ struct UpArgs {
     /// Tasks to start (the initial desired count).
     #[arg(long, default_value_t = 2)]
     tasks: usize,
-    /// Service name used in the service events.
+    /// Service name (the ECS API's service, and the service events').
     #[arg(long, default_value = "queue-worker")]
     service: String,
+    /// Cluster name (the ECS API's cluster).
+    #[arg(long, default_value = "local")]
+    cluster: String,
+    /// Deployments: at most this percent of the desired count runs (ECS maximumPercent).
+    #[arg(long, default_value_t = 200)]
+    maximum_percent: u32,
+    /// Deployments: at least this percent keeps running (ECS minimumHealthyPercent).
+    #[arg(long, default_value_t = 100)]
+    minimum_healthy_percent: u32,
+    /// Report ServiceName in the task metadata (EC2 agents do; Fargate, the default, does not).
+    #[arg(long)]
+    metadata_service_name: bool,
+    /// A service tag (DescribeServices include TAGS), e.g. copilot-service=worker; repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = key_value)]
+    tags: Vec<(String, String)>,
+    /// ECS API port on 127.0.0.1 (0: any free port); the control port serves it too.
+    #[arg(long, default_value_t = 0)]
+    ecs_port: u16,
+    /// Answer this ECS API operation AccessDeniedException (a task role without it); repeatable.
+    #[arg(long = "ecs-deny", value_name = "OPERATION")]
+    ecs_deny: Vec<EcsOperation>,
+    /// Answer this share of an operation's calls ThrottlingException, e.g. DescribeServices=0.5.
+    #[arg(long = "ecs-throttle", value_name = "OPERATION=SHARE", value_parser = throttle)]
+    ecs_throttle: Vec<(EcsOperation, f64)>,
+    /// Append the timeline to FILE as JSON lines (for scripts/timeline.py).
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
     /// SIGKILL this long after SIGTERM (ECS stopTimeout).
     #[arg(long, default_value = "30s")]
     stop_timeout: String,
@@ -85,6 +113,23 @@ struct UpArgs {
     /// The task's command [default: the queue-worker next to this binary, with `run`].
     #[arg(last = true)]
     command: Vec<OsString>,
+}
+
+fn key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("\"{raw}\" is not KEY=VALUE"))
+}
+
+fn throttle(raw: &str) -> Result<(EcsOperation, f64), String> {
+    let (op, share) = key_value(raw)?;
+    let op = op.parse::<EcsOperation>().map_err(|e| e.to_string())?;
+    let share = share
+        .parse::<f64>()
+        .ok()
+        .filter(|s| (0.0..=1.0).contains(s))
+        .ok_or_else(|| format!("\"{share}\" is not a share between 0 and 1"))?;
+    Ok((op, share))
 }
 
 fn duration(raw: &str, flag: &str) -> Result<Duration, String> {
@@ -167,16 +212,32 @@ async fn up(args: UpArgs) -> Result<(), String> {
     }
     let mut spec = ServiceSpec::new(program, rest);
     spec.service = args.service;
+    spec.cluster = args.cluster;
     spec.desired = args.tasks;
     spec.stop_timeout = stop_timeout;
     spec.reconcile_every = reconcile;
     spec.log_dir = args.log_dir;
     spec.echo = Echo::Stdout;
+    spec.maximum_percent = args.maximum_percent;
+    spec.minimum_healthy_percent = args.minimum_healthy_percent;
+    spec.metadata_service_name = args.metadata_service_name;
+    spec.tags = args.tags;
+    spec.ecs_port = args.ecs_port;
+    spec.ecs_faults.deny = args.ecs_deny.into_iter().collect();
+    spec.ecs_faults.throttle = args.ecs_throttle.into_iter().collect();
+    spec.timeline = args.timeline;
+    local_ecs::check_deployment_percents(spec.maximum_percent, spec.minimum_healthy_percent)
+        .map_err(|e| format!("--maximum-percent/--minimum-healthy-percent: {e}"))?;
     println!(
-        "local-ecs: service {} with {} tasks; control on 127.0.0.1:{port} (local-ecs scale --desired 0 --control-port {port}); Ctrl-C stops the tasks",
-        spec.service, spec.desired
+        "local-ecs: service {} with {} tasks (deployments: maximum {}%, minimum healthy {}%); control on 127.0.0.1:{port} (local-ecs scale --desired 0 --control-port {port}); Ctrl-C stops the tasks",
+        spec.service, spec.desired, spec.maximum_percent, spec.minimum_healthy_percent
     );
+    let cluster = spec.cluster.clone();
     let ecs = LocalEcs::start(spec).await.map_err(|e| e.to_string())?;
+    println!(
+        "local-ecs: ECS API for cluster {cluster}: AWS_ENDPOINT_URL_ECS={} (or http://127.0.0.1:{port})",
+        ecs.ecs_endpoint()
+    );
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(local_ecs::serve_control(
         ecs.control(),
@@ -221,7 +282,7 @@ async fn up(args: UpArgs) -> Result<(), String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Up(args) => up(args).await,
+        Cmd::Up(args) => up(*args).await,
         Cmd::Scale { desired, at } => call::<Status>(
             &at,
             "/scale",
