@@ -159,8 +159,10 @@ impl<H: Handler> Poller<H> {
                 let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
                 self.demand.hold(slot, until);
                 health.set_for(slot, Phase::WaitingProtection);
-                if !protector.wait_covered(&self.shutdown, until).await {
-                    break;
+                tokio::select! {
+                    ok = protector.wait_covered(&self.shutdown, until) => if !ok { break },
+                    // Refused as blocked, say: the worker yields instead of waiting.
+                    _ = yield_rx.changed() => continue,
                 }
             }
 
@@ -309,7 +311,15 @@ impl<H: Handler> Poller<H> {
             self.shared.config.visibility_timeout / 2,
             protector.wait_covered(&self.shutdown, until),
         );
-        match wait.await {
+        let mut yield_rx = self.yielding.subscribe();
+        let waited = tokio::select! {
+            w = wait => w,
+            _ = async { let _ = yield_rx.wait_for(Option::is_some).await.map(|_| ()); } => {
+                self.shared.sqs.return_now(url, messages).await;
+                return Covered::Returned;
+            }
+        };
+        match waited {
             Ok(true) => Covered::Yes,
             Ok(false) => {
                 self.shared.sqs.return_now(url, messages).await;
