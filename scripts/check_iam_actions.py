@@ -445,6 +445,13 @@ def compare(label: str, granted: set[str], needed: set[str], problems: list[str]
     print(f"  {label}: {mark}: {', '.join(sorted(granted)) or '(nothing)'}")
 
 
+def fail(title: str, problems: list[str], code: int) -> int:
+    print(f"check_iam_actions: {title}:", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return code
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cdk-template", type=Path, help="the CDK app's synthesized template (JSON)")
@@ -453,10 +460,7 @@ def main() -> int:
 
     calls, unmapped = worker_calls()
     if unmapped:
-        print("check_iam_actions: call sites without a mapping:", file=sys.stderr)
-        for p in unmapped:
-            print(f"  {p}", file=sys.stderr)
-        return 2
+        return fail("call sites without a mapping", unmapped, 2)
     print("AWS actions the worker calls (from src/, without src/send.rs, src/ecs_cmd.rs, src/cli/):")
     by_action: dict[str, list[Call]] = {}
     for c in calls:
@@ -486,10 +490,7 @@ def main() -> int:
     compare(f"Copilot ({' + '.join(files)} + Copilot's queue policy)", granted, needed_actions(calls, env), problems)
 
     if problems:
-        print("check_iam_actions: FAILED", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
+        return fail("FAILED", problems, 1)
     print("check_iam_actions: every task role grants exactly what the worker calls")
     return 0
 
