@@ -182,6 +182,7 @@ export class QueueWorkerService extends Construct {
       containerName: 'worker',
       image: props.image,
       essential: true,
+      // The worker writes no files; an --exec handler that does needs a volume.
       readonlyRootFilesystem: true,
       // SIGTERM, then SIGKILL after this: covers the 25 s drain, a long poll being abandoned
       // (up to 20 s) and the final visibility resets.
