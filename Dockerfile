@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# Image for the queue-worker Copilot Worker Service (copilot/queue-worker/manifest.yml).
+# Image for the queue-worker service: the Copilot Worker Service (copilot/queue-worker/manifest.yml)
+# and the CloudFormation / CDK stacks in deploy/.
 
 # ---- builder ---------------------------------------------------------------
 # Debian bookworm, like the runtime image below, so the glibc the binary links
@@ -42,5 +43,14 @@ USER 65532:65532
 # ECS sends SIGTERM, then SIGKILL after the container's StopTimeout (60 s, set in
 # the manifest); the worker drains within WORKER_SHUTDOWN_TIMEOUT (25 s).
 STOPSIGNAL SIGTERM
+# /health and /metrics on loopback only, so that the health check below works in the image as it
+# is (ECS, Copilot and the CloudFormation stack set the same value). Nothing outside the
+# container can reach it.
+ENV WORKER_METRICS_ADDR=127.0.0.1:9090
+# Exec form: distroless has no shell. `health` asks the worker's /health on WORKER_METRICS_ADDR
+# and exits 0 only when it is healthy. The same settings as the Copilot manifest's
+# image.healthcheck and the task definitions in deploy/ (which override this one on ECS).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["/usr/local/bin/queue-worker", "health"]
 ENTRYPOINT ["/usr/local/bin/queue-worker"]
 CMD ["run"]

@@ -19,3 +19,9 @@ if compgen -G "target/drill-reports/*.json" >/dev/null; then
   step "drill reports"
   for f in target/drill-reports/*.json; do cat "$f"; echo; done
 fi
+# The CloudFormation stack on moto, and the worker built above against its queue (skipped when
+# arguments narrow the cargo tests).
+if [ "$#" -eq 0 ]; then
+  step "deploy/cloudformation stack on moto (tests/deploy/stack_on_moto.py)"
+  "$TOOLS_DIR/moto/bin/python" tests/deploy/stack_on_moto.py --worker "${CARGO_TARGET_DIR:-target}/debug/queue-worker"
+fi
