@@ -66,7 +66,7 @@ ACTIONS: dict[tuple[str, str], tuple[str, ...]] = {
 # send_dead_letter: the worker copies a message to DEAD_LETTER_QUEUE_URL only when that is set
 # (and its queue has no redrive policy, src/worker.rs settle_failure).
 CONDITIONAL: dict[tuple[str, str], str] = {
-    ("src/sqs.rs", "send_dead_letter"): "DEAD_LETTER_QUEUE_URL",
+    ("src/sqs/sdk.rs", "send_dead_letter"): "DEAD_LETTER_QUEUE_URL",
 }
 
 # x-amz-target prefixes of direct (non-SDK) clients -> service.

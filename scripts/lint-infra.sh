@@ -342,6 +342,7 @@ scripts=(
     scripts/scale-to-zero.sh
     scripts/soak.sh
     scripts/supply-chain.sh
+    scripts/yield-check.sh
 )
 if "$VENV/bin/shellcheck" -x "${scripts[@]}"; then
     echo "shellcheck: ok"

@@ -46,7 +46,7 @@ pub(crate) async fn fleet_with(
 }
 
 /// [`fleet_with`], with the spec changed by `tune` before the service starts.
-async fn fleet_tuned(
+pub(crate) async fn fleet_tuned(
     tasks: usize,
     queue: &str,
     env: &[(&str, &str)],
@@ -102,7 +102,7 @@ async fn fleet_tuned(
 
 impl Fleet {
     /// Every JSON log line of every task, with the task number.
-    fn log_lines(&self) -> Vec<(u32, Value)> {
+    pub(crate) fn log_lines(&self) -> Vec<(u32, Value)> {
         let mut out = Vec::new();
         let Ok(dir) = std::fs::read_dir(&self.logs) else {
             return out;
@@ -127,7 +127,7 @@ impl Fleet {
     }
 
     /// message id → how many times its job ran to success ("done").
-    fn done(&self) -> HashMap<String, usize> {
+    pub(crate) fn done(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for (_, v) in self.log_lines() {
             if v["message"] == "done" {
@@ -139,7 +139,7 @@ impl Fleet {
         m
     }
 
-    fn cancelled(&self) -> usize {
+    pub(crate) fn cancelled(&self) -> usize {
         self.log_lines()
             .iter()
             .filter(|(_, v)| {
@@ -151,7 +151,7 @@ impl Fleet {
     }
 
     /// Waits (bounded) until `n` workers have logged "worker started".
-    async fn wait_started(&self, n: usize) {
+    pub(crate) async fn wait_started(&self, n: usize) {
         let started = || {
             self.log_lines()
                 .iter()
@@ -186,7 +186,7 @@ impl Fleet {
         .then(|| started.elapsed())
     }
 
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         let logs = self.logs.clone();
         tokio::time::timeout(SECS(30), self.ecs.shutdown())
             .await

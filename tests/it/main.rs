@@ -12,3 +12,4 @@ mod queues;
 mod soak;
 mod support;
 mod worker;
+mod yielding;

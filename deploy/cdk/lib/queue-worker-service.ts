@@ -15,6 +15,7 @@ import {
   CfnElement,
   CfnResource,
   Duration,
+  Names,
   Size,
   Stack,
   Validations,
@@ -75,6 +76,8 @@ export interface QueueWorkerServiceProps {
   readonly memoryLimitMiB?: number;
   /** How long the worker's logs are kept. @default one month */
   readonly logRetention?: logs.RetentionDays;
+  /** The ECS service's name. @default one derived from the construct's path */
+  readonly serviceName?: string;
 }
 
 export class QueueWorkerService extends Construct {
@@ -137,6 +140,8 @@ export class QueueWorkerService extends Construct {
     // Not grantConsumeMessages(): it adds sqs:GetQueueUrl, which the worker never calls.
     const stack = Stack.of(this);
     const clusterTasks = stack.formatArn({ service: 'ecs', resource: 'task', resourceName: `${this.cluster.clusterName}/*` });
+    // The service's name, fixed here so that the task role can name the service before it exists.
+    const serviceName = props.serviceName ?? Names.uniqueResourceName(this, { maxLength: 64 });
     this.taskRole = new iam.Role(this, 'TaskRole', {
       description: 'queue-worker tasks',
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com', {
@@ -159,12 +164,24 @@ export class QueueWorkerService extends Construct {
               actions: ['ecs:UpdateTaskProtection'],
               resources: [clusterTasks],
             }),
-            // YIELD TO ECS (not yet): when src/ calls DescribeServices, DescribeTasks and
-            // ListTasks, add them in a separate iam.Policy attached to this role (it may then
-            // name this.service.serviceArn without a dependency cycle):
-            //   ecs:DescribeServices on this.service.serviceArn,
-            //   ecs:DescribeTasks on clusterTasks,
-            //   ecs:ListTasks on '*' with { ArnEquals: { 'ecs:cluster': this.cluster.clusterArn } }.
+            // Yielding to deployments and scale-ins: the worker reads its own service (named
+            // below, so the grant exists before any task runs) and, when it must choose which
+            // tasks give way, lists and describes the service's tasks.
+            new iam.PolicyStatement({
+              sid: 'YieldToEcs',
+              actions: ['ecs:DescribeServices'],
+              resources: [
+                stack.formatArn({ service: 'ecs', resource: 'service', resourceName: `${this.cluster.clusterName}/${serviceName}` }),
+              ],
+            }),
+            new iam.PolicyStatement({ sid: 'YieldToEcsTasks', actions: ['ecs:DescribeTasks'], resources: [clusterTasks] }),
+            // ListTasks has no resource of its own; its ecs:cluster condition keeps it to this cluster.
+            new iam.PolicyStatement({
+              sid: 'YieldToEcsList',
+              actions: ['ecs:ListTasks'],
+              resources: ['*'],
+              conditions: { ArnEquals: { 'ecs:cluster': this.cluster.clusterArn } },
+            }),
           ],
         }),
       },
@@ -223,6 +240,7 @@ export class QueueWorkerService extends Construct {
     // No desiredCount: autoscaling owns it (a create starts 1 task; updates leave the count alone).
     // A task that holds scale-in protection also holds up a rolling deployment until it releases.
     this.service = new ecs.FargateService(this, 'Service', {
+      serviceName,
       cluster: this.cluster,
       taskDefinition,
       platformVersion: ecs.FargatePlatformVersion.LATEST,
@@ -366,7 +384,11 @@ export class QueueWorkerService extends Construct {
     const clusterRef = this.cluster.node.defaultChild ? `<${Stack.of(this).getLogicalId(this.cluster.node.defaultChild as CfnElement)}>` : this.cluster.clusterName;
     Validations.of(this.taskRole).acknowledge({
       id: `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:<AWS::AccountId>:task/${clusterRef}/*]`,
-      reason: 'UpdateTaskProtection takes task ARNs, which do not name their service: the tasks of this cluster.',
+      reason: 'UpdateTaskProtection and DescribeTasks take task ARNs, which do not name their service: the tasks of this cluster.',
+    });
+    Validations.of(this.taskRole).acknowledge({
+      id: 'AwsSolutions::AwsSolutions-IAM5[Resource::*]',
+      reason: 'ecs:ListTasks has no resource type; the ecs:cluster condition keeps it to this cluster.',
     });
     if (taskDefinition.executionRole) {
       Validations.of(taskDefinition.executionRole).acknowledge({
