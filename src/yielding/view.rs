@@ -19,6 +19,7 @@ use crate::aws::error_reason;
 use crate::backoff::Backoff;
 use crate::config::EcsViewConfig as ViewConfig;
 use crate::limits::ECS_DESCRIBE_TASKS_MAX;
+use crate::protection::BoxFuture;
 use crate::task_metadata::{MetadataClient, MetadataError};
 
 /// Tasks per look that keep one look per `poll` for the fleet; above it the period grows.
@@ -27,11 +28,15 @@ const FLEET_PER_PERIOD: u32 = 20;
 const MAX_THROTTLE_FACTOR: u32 = 8;
 /// Backoff while the metadata endpoint or ECS does not answer.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+/// After a refusal, when to ask again: a role can be fixed (or an IAM change reach the task)
+/// without restarting it.
+const DENIED_RETRY: Duration = Duration::from_secs(600);
 
-/// Why the view stopped for good (each logged once; the other yield signals go on).
+/// Why the view stopped, or paused for a refusal (each logged once; the other yield signals go
+/// on).
 #[derive(Debug, thiserror::Error)]
-enum Stop {
-    #[error("the task role may not call {action} ({reason}); yielding to deployments and scale-ins is off: grant {action} (the deploy templates do)")]
+pub(crate) enum Stop {
+    #[error("the task role may not call {action} ({reason}); yielding to deployments and scale-ins is off until it may (asked again every 10 minutes): grant {action} (the deploy templates do)")]
     Denied {
         action: &'static str,
         reason: String,
@@ -46,12 +51,15 @@ enum Stop {
 
 /// An ECS call that failed and may pass.
 #[derive(Debug)]
-struct Transient {
-    throttled: bool,
-    reason: String,
+pub(crate) struct Transient {
+    pub throttled: bool,
+    pub reason: String,
 }
 
-/// Maps an SDK error: a denial stops the view, anything else is retried.
+/// One ECS call's result: a value, or a failure that may pass (`Ok`) or not (`Err`).
+pub(crate) type Call<T> = Result<T, Result<Transient, Stop>>;
+
+/// Maps an SDK error: a denial is a [`Stop::Denied`], anything else may pass.
 fn classify<E>(
     action: &'static str,
     e: aws_sdk_ecs::error::SdkError<E, aws_sdk_ecs::config::http::HttpResponse>,
@@ -72,10 +80,33 @@ where
 }
 
 /// Who this task is and which service it belongs to.
-struct Identity {
-    cluster: String,
-    service: String,
-    me: Me,
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub cluster: String,
+    pub service: String,
+    pub me: Me,
+}
+
+/// The ECS API, as the view uses it: the SDK, or a scripted one in tests.
+pub(crate) trait ServiceApi: Send + Sync {
+    /// The task's `group` (`service:<name>` for a service's task).
+    fn group_of<'a>(&'a self, cluster: &'a str, arn: &'a str) -> BoxFuture<'a, Call<String>>;
+    /// The service, and how many tasks it runs; `None` when it is gone.
+    fn service<'a>(&'a self, id: &'a Identity) -> BoxFuture<'a, Call<Option<(ServiceFacts, u32)>>>;
+    /// The service's tasks that ECS wants running.
+    fn tasks<'a>(&'a self, id: &'a Identity) -> BoxFuture<'a, Call<Vec<TaskFacts>>>;
+}
+
+impl ServiceApi for aws_sdk_ecs::Client {
+    fn group_of<'a>(&'a self, cluster: &'a str, arn: &'a str) -> BoxFuture<'a, Call<String>> {
+        Box::pin(group_of(self, cluster, arn))
+    }
+    fn service<'a>(&'a self, id: &'a Identity) -> BoxFuture<'a, Call<Option<(ServiceFacts, u32)>>> {
+        Box::pin(service(self, id))
+    }
+    fn tasks<'a>(&'a self, id: &'a Identity) -> BoxFuture<'a, Call<Vec<TaskFacts>>> {
+        Box::pin(tasks_of(self, id))
+    }
 }
 
 /// Looks at the service until `stop` fires, turning the deployment and scale-in reasons of
@@ -86,12 +117,19 @@ pub(crate) async fn run(
     yielding: &Yielding,
     stop: CancellationToken,
 ) {
-    match look(&ecs, &config, yielding, &stop).await {
-        Stop::Cancelled => {}
-        e => tracing::warn!("{e}"),
-    }
-    yielding.set(Reason::Deployment, false);
-    yielding.set(Reason::ScaleIn, false);
+    let id = match identify(&ecs, &config, &stop).await {
+        Ok(id) => id,
+        Err(Stop::Cancelled) => return,
+        Err(e) => return tracing::warn!("{e}"),
+    };
+    tracing::info!(
+        cluster = %id.cluster,
+        service = %id.service,
+        task_definition = %id.me.task_definition,
+        poll_s = config.poll.as_secs_f64(),
+        "watching the service for deployments and scale-ins"
+    );
+    watch(&ecs, &id, config.poll, yielding, &stop).await;
 }
 
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
@@ -101,35 +139,45 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-async fn look(
-    ecs: &aws_sdk_ecs::Client,
-    config: &ViewConfig,
+/// Looks at the service once a period until `stop` fires.
+pub(crate) async fn watch(
+    api: &dyn ServiceApi,
+    id: &Identity,
+    poll: Duration,
     yielding: &Yielding,
     stop: &CancellationToken,
-) -> Stop {
-    let id = match identify(ecs, config, stop).await {
-        Ok(id) => id,
-        Err(e) => return e,
+) {
+    let set = |verdict: Option<Reason>| {
+        yielding.set(Reason::Deployment, verdict == Some(Reason::Deployment));
+        yielding.set(Reason::ScaleIn, verdict == Some(Reason::ScaleIn));
     };
-    tracing::info!(
-        cluster = %id.cluster,
-        service = %id.service,
-        task_definition = %id.me.task_definition,
-        poll_s = config.poll.as_secs_f64(),
-        "watching the service for deployments and scale-ins"
-    );
     let mut failures = 0u32;
     let mut throttle = 1u32;
+    let mut denied_warned = false;
     loop {
-        let fleet = match once(ecs, &id).await {
+        let fleet = match once(api, id).await {
             Ok((verdict, fleet)) => {
                 failures = 0;
                 throttle = 1.max(throttle / 2);
-                yielding.set(Reason::Deployment, verdict == Some(Reason::Deployment));
-                yielding.set(Reason::ScaleIn, verdict == Some(Reason::ScaleIn));
+                set(verdict);
                 fleet
             }
-            Err(Err(stop)) => return stop,
+            Err(Err(e @ Stop::Denied { .. })) => {
+                if !denied_warned {
+                    tracing::warn!("{e}");
+                    denied_warned = true;
+                }
+                set(None);
+                if !sleep_or_stop(DENIED_RETRY, stop).await {
+                    break;
+                }
+                continue;
+            }
+            Err(Err(Stop::Cancelled)) => break,
+            Err(Err(e)) => {
+                tracing::warn!("{e}");
+                break;
+            }
             Err(Ok(t)) => {
                 if failures == 0 {
                     tracing::warn!(reason = %t.reason, "cannot read the service from ECS; trying again");
@@ -143,21 +191,22 @@ async fn look(
         };
         let spread = fleet.div_ceil(FLEET_PER_PERIOD).max(1) * throttle;
         let jitter = 0.8 + 0.4 * fastrand::f64();
-        let period = config.poll.saturating_mul(spread).mul_f64(jitter);
+        let period = poll.saturating_mul(spread).mul_f64(jitter);
         let wait = if failures > 0 {
             period.max(RETRY.delay(failures - 1))
         } else {
             period
         };
         if !sleep_or_stop(wait, stop).await {
-            return Stop::Cancelled;
+            break;
         }
     }
+    set(None);
 }
 
 /// Reads the metadata (retrying while the endpoint is not up) and finds the service.
 async fn identify(
-    ecs: &aws_sdk_ecs::Client,
+    api: &dyn ServiceApi,
     config: &ViewConfig,
     stop: &CancellationToken,
 ) -> Result<Identity, Stop> {
@@ -186,7 +235,7 @@ async fn identify(
     let service = match task.service_name.clone().filter(|s| !s.is_empty()) {
         Some(s) => s,
         None => loop {
-            match group_of(ecs, &task.cluster, &task.task_arn).await {
+            match api.group_of(&task.cluster, &task.task_arn).await {
                 Ok(group) => match group.strip_prefix("service:") {
                     Some(s) => break s.to_string(),
                     None => return Err(Stop::NotAService(group)),
@@ -211,8 +260,6 @@ async fn identify(
     })
 }
 
-type Call<T> = Result<T, Result<Transient, Stop>>;
-
 /// The task's `group` (`service:<name>` for a service's task).
 async fn group_of(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Call<String> {
     let out = ecs
@@ -231,7 +278,27 @@ async fn group_of(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Call<S
 }
 
 /// One look: what ECS wants of this task, and how many tasks the service runs.
-async fn once(ecs: &aws_sdk_ecs::Client, id: &Identity) -> Call<(Option<Reason>, u32)> {
+async fn once(api: &dyn ServiceApi, id: &Identity) -> Call<(Option<Reason>, u32)> {
+    let Some((facts, fleet)) = api.service(id).await? else {
+        return Ok((None, 0));
+    };
+    let verdict = match decide::first(&facts, &id.me) {
+        First::Stay => None,
+        First::YieldAll(reason) => Some(reason),
+        First::Choose { reason, count } => {
+            let tasks = api.tasks(id).await?;
+            let group = decide::group(&tasks, &facts, reason);
+            // Not in the list: the views disagree for now; the next look decides.
+            decide::chosen(&group, &id.me, count)
+                .unwrap_or(false)
+                .then_some(reason)
+        }
+    };
+    Ok((verdict, fleet))
+}
+
+/// `DescribeServices` of the task's own service.
+async fn service(ecs: &aws_sdk_ecs::Client, id: &Identity) -> Call<Option<(ServiceFacts, u32)>> {
     let out = ecs
         .describe_services()
         .cluster(&id.cluster)
@@ -240,7 +307,7 @@ async fn once(ecs: &aws_sdk_ecs::Client, id: &Identity) -> Call<(Option<Reason>,
         .await
         .map_err(|e| classify("ecs:DescribeServices", e))?;
     let Some(s) = out.services().first() else {
-        return Ok((None, 0));
+        return Ok(None);
     };
     let config = s.deployment_configuration();
     let facts = ServiceFacts {
@@ -261,20 +328,7 @@ async fn once(ecs: &aws_sdk_ecs::Client, id: &Identity) -> Call<(Option<Reason>,
             })
             .collect(),
     };
-    let fleet = count(s.running_count());
-    let verdict = match decide::first(&facts, &id.me) {
-        First::Stay => None,
-        First::YieldAll(reason) => Some(reason),
-        First::Choose { reason, count } => {
-            let tasks = tasks_of(ecs, id).await?;
-            let group = decide::group(&tasks, &facts, reason);
-            // Not in the list: the views disagree for now; the next look decides.
-            decide::chosen(&group, &id.me, count)
-                .unwrap_or(false)
-                .then_some(reason)
-        }
-    };
-    Ok((verdict, fleet))
+    Ok(Some((facts, count(s.running_count()))))
 }
 
 fn count(n: i32) -> u32 {
@@ -319,3 +373,6 @@ async fn tasks_of(ecs: &aws_sdk_ecs::Client, id: &Identity) -> Call<Vec<TaskFact
     }
     Ok(tasks)
 }
+
+#[cfg(test)]
+mod tests;
