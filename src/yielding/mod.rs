@@ -197,6 +197,8 @@ pub(crate) async fn watch_local(src: Local, stop: CancellationToken) {
     } = src;
     let mut draining = lever.subscribe();
     let mut held_since: Option<Instant> = None;
+    // Without protection (or once its actor is gone) there are no status changes to follow.
+    let mut protection_open = true;
     loop {
         yielding.set(Reason::Operator, *draining.borrow_and_update());
         let status = *protection.borrow_and_update();
@@ -220,7 +222,7 @@ pub(crate) async fn watch_local(src: Local, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             r = draining.changed() => if r.is_err() { return },
-            r = protection.changed() => if r.is_err() { return },
+            r = protection.changed(), if protection_open => protection_open = r.is_ok(),
             _ = sleep_until_opt(limit_at.filter(|_| !yielding.is_on(Reason::MaxProtected))) => {}
             _ = running.wait_idle(), if one_shot && running.any() => {}
             _ = tokio::time::sleep(idle_window), if settled => {
@@ -254,6 +256,32 @@ mod tests {
         running: Arc<RunningJobs>,
         lever: Lever,
         stop: CancellationToken,
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lever_works_without_protection_too() {
+        // A disabled protector's status channel is closed from the start.
+        let yielding = Arc::new(Yielding::default());
+        let (tx, rx) = watch::channel(Status::Disabled);
+        drop(tx);
+        let lever = Lever::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_local(
+            Local {
+                yielding: yielding.clone(),
+                protection: rx,
+                running: Arc::default(),
+                lever: lever.clone(),
+                max_protected: None,
+                idle_window: Duration::from_secs(5),
+            },
+            stop.clone(),
+        ));
+        settle().await;
+        lever.drain();
+        settle().await;
+        assert_eq!(yielding.current(), Some(Reason::Operator));
+        stop.cancel();
     }
 
     fn rig(max_protected: Option<Duration>) -> Rig {

@@ -267,3 +267,92 @@ async fn the_worker_listens_on_nothing_by_default_and_only_on_the_metrics_addres
         }
     }
 }
+
+/// The operator's lever: `queue-worker drain` makes a running worker take no new messages
+/// (while staying healthy), `queue-worker resume` makes it take them again; SIGUSR1 and SIGUSR2
+/// do the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_and_resume_by_command_and_by_signal() {
+    let c = client();
+    let q = create_queue(&c, "lever", &[]).await;
+    let addr = free_addr().to_string();
+    let mut child = worker(&[
+        "run",
+        "--queue-url",
+        &q,
+        "--wait-time",
+        "1s",
+        "--metrics-addr",
+        &addr,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn worker");
+    let health = || worker(&["health", "--metrics-addr", &addr]).output();
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            health().is_ok_and(|o| o.status.success())
+        })
+        .await,
+        "worker up"
+    );
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        let ok = Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {name}");
+    };
+    let drained = |how: &dyn Fn()| {
+        how();
+        std::thread::sleep(Duration::from_millis(1500));
+    };
+    for (drain, resume) in [
+        (
+            Box::new(|| {
+                let out = worker(&["drain", "--metrics-addr", &addr])
+                    .output()
+                    .expect("drain");
+                assert!(out.status.success(), "{out:?}");
+            }) as Box<dyn Fn()>,
+            Box::new(|| {
+                let out = worker(&["resume", "--metrics-addr", &addr])
+                    .output()
+                    .expect("resume");
+                assert!(out.status.success(), "{out:?}");
+            }) as Box<dyn Fn()>,
+        ),
+        (
+            Box::new(|| signal("-USR1")) as Box<dyn Fn()>,
+            Box::new(|| signal("-USR2")) as Box<dyn Fn()>,
+        ),
+    ] {
+        drained(&*drain);
+        send_bodies(&c, &q, &["10ms"]).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            counts(&c, &q).await,
+            (1, 0),
+            "a draining worker takes nothing"
+        );
+        assert!(
+            health().is_ok_and(|o| o.status.success()),
+            "a draining worker is healthy"
+        );
+        resume();
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                counts(&c, &q).await == (0, 0)
+            })
+            .await,
+            "resumed: the message is processed"
+        );
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .is_ok_and(|s| s.success()));
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
