@@ -11,9 +11,9 @@
 //! before it is forwarded and reported in the reply's `Failed` list, so the reply is faithful —
 //! an entry reported failed really was not applied.
 //!
-//! The HTTP/1.1 side is hand-rolled on a raw [`TcpListener`] (keep-alive, `Content-Length` and
-//! chunked bodies, `Expect: 100-continue`): it is the simplest way to close a connection in the
-//! middle of an exchange, which is exactly what two of the faults need.
+//! The HTTP side is axum (hyper) on the same [`KillableListener`] as the agent double: the two
+//! faults that close a connection in the middle of an exchange kill it from the handler
+//! ([`ConnAddr::drop_connection`]), so the client reads EOF where it expected a status line.
 //!
 //! Besides counts of requests and faults ([`FaultProxy::counts`]), the proxy keeps a ledger of
 //! the deletes the upstream accepted, each tied to the `ReceiveMessage` answer that handed out its
@@ -26,19 +26,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Longest request line or header line accepted (a sane HTTP server's limit; SQS sends short ones).
-const MAX_HEAD_LINE: u64 = 16 * 1024;
-/// Most header lines in one request.
-const MAX_HEADERS: usize = 100;
+use crate::killable::{ConnAddr, KillableListener};
+
 /// Largest request body accepted: a 1 MiB SQS message, JSON-escaped, in a batch of 10, with room.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 /// How long [`FaultProxy::shutdown`] waits for connections to finish before giving up on them.
@@ -58,7 +60,7 @@ pub const WORKER_OPERATIONS: &[&str] = &[
     "SendMessageBatch",
 ];
 
-/// Why the proxy could not start or serve.
+/// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("fault shares are invalid: {0}; each share must be in 0..=1 and together at most 1")]
@@ -69,10 +71,6 @@ pub enum ProxyError {
     Bind(std::io::Error),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(reqwest::Error),
-    #[error("connection i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed HTTP request: {0}")]
-    Malformed(String),
 }
 
 /// The kinds of fault the proxy injects.
@@ -372,8 +370,27 @@ impl FaultProxy {
             }),
             config,
         });
+        let app = Router::new()
+            .fallback(serve_request)
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(shared.clone());
+        let on_accept = shared.clone();
+        let listener = KillableListener(listener).tap_io(move |io| {
+            // Small request/answer exchanges: don't let Nagle hold them back.
+            let _ = io.tcp().set_nodelay(true);
+            on_accept.state().counts.connections += 1;
+        });
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<ConnAddr>(),
+        )
+        .with_graceful_shutdown(shared.cancel.clone().cancelled_owned());
         let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+        tracker.spawn(async move {
+            if let Err(error) = server.await {
+                tracing::debug!(%error, "fault proxy server failed");
+            }
+        });
         tracing::debug!(%addr, upstream, "fault proxy listening");
         Ok(FaultProxy {
             addr,
@@ -405,7 +422,7 @@ impl FaultProxy {
         self.shared.state().deletes.clone()
     }
 
-    /// Stops accepting, cuts open connections and waits (bounded) for their tasks.
+    /// Stops accepting, cuts open exchanges and waits (bounded) for the server to stop.
     pub async fn shutdown(self) {
         self.shared.cancel.cancel();
         self.tracker.close();
@@ -425,136 +442,108 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shared.cancel.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                shared.state().counts.connections += 1;
-                let shared = shared.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = serve_connection(stream, &shared).await {
-                        tracing::debug!(error = %e, "fault proxy connection ended");
-                    }
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: pause instead of spinning.
-                tracing::debug!(error = %e, "fault proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// One parsed request.
-#[derive(Debug)]
+/// One request, as read by hyper.
 struct Request {
-    method: String,
+    method: Method,
+    /// Path and query, as sent.
     target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The client asked to close after this exchange (or speaks HTTP/1.0).
-    close: bool,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     /// `AmazonSQS.ReceiveMessage` → `ReceiveMessage`.
     fn operation(&self) -> String {
-        self.header("x-amz-target")
+        self.headers
+            .get("x-amz-target")
+            .and_then(|t| t.to_str().ok())
             .and_then(|t| t.rsplit_once('.').map(|(_, op)| op.to_string()))
             .unwrap_or_else(|| "unknown".into())
     }
 }
 
-/// An answer to write back.
-struct Response {
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
+/// An answer to send back: the upstream's, or one the proxy makes up.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
-impl Response {
-    fn aws_error(status: u16, code: &str, message: &str, query_error: Option<&str>) -> Self {
-        let mut headers = vec![
-            ("content-type".to_string(), AMZ_JSON.as_bytes().to_vec()),
-            (
-                "x-amzn-requestid".to_string(),
-                format!("fault-{:016x}", fastrand::u64(..)).into_bytes(),
-            ),
-        ];
+impl Answer {
+    fn aws_error(
+        status: StatusCode,
+        code: &str,
+        message: &str,
+        query_error: Option<&'static str>,
+    ) -> Self {
+        let mut answer = Answer::json(status, &json!({ "__type": code, "message": message }));
+        if let Ok(id) = HeaderValue::from_str(&format!("fault-{:016x}", fastrand::u64(..))) {
+            answer
+                .headers
+                .insert(HeaderName::from_static("x-amzn-requestid"), id);
+        }
         if let Some(q) = query_error {
-            headers.push(("x-amzn-query-error".to_string(), q.as_bytes().to_vec()));
+            answer.headers.insert(
+                HeaderName::from_static("x-amzn-query-error"),
+                HeaderValue::from_static(q),
+            );
         }
-        Response {
-            status,
-            headers,
-            body: json!({ "__type": code, "message": message })
-                .to_string()
-                .into_bytes(),
-        }
+        answer
     }
 
-    fn json(status: u16, body: &Value) -> Self {
-        Response {
+    fn json(status: StatusCode, body: &Value) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
+        Answer {
             status,
-            headers: vec![("content-type".to_string(), AMZ_JSON.as_bytes().to_vec())],
-            body: body.to_string().into_bytes(),
+            headers,
+            body: Bytes::from(body.to_string()),
         }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        // hyper adds the framing (content-length) for the body as it is now.
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
     }
 }
 
 /// What to do with one exchange.
 enum Action {
-    Reply(Response),
+    Reply(Answer),
     /// Close the connection without answering.
     Close,
 }
 
-async fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<(), ProxyError> {
-    // Small request/answer exchanges: don't let Nagle hold them back.
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    loop {
-        let request = tokio::select! {
-            r = read_request(&mut read, &mut write) => r,
-            _ = shared.cancel.cancelled() => return Ok(()),
-        };
-        let request = match request {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(ProxyError::Malformed(m)) => {
-                let answer = Response::aws_error(400, "MalformedRequest", &m, None);
-                write_response(&mut write, &answer, true).await?;
-                return Err(ProxyError::Malformed(m));
-            }
-            Err(e) => return Err(e),
-        };
-        let close = request.close;
-        let action = tokio::select! {
-            a = handle(shared, request) => a,
-            _ = shared.cancel.cancelled() => return Ok(()),
-        };
-        match action {
-            Action::Reply(answer) => {
-                write_response(&mut write, &answer, close).await?;
-                if close {
-                    return Ok(());
-                }
-            }
-            Action::Close => return Ok(()),
-        }
+/// Every request, whatever its method and path, goes through here.
+async fn serve_request(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = Request {
+        method,
+        target: uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        headers,
+        body,
+    };
+    let action = tokio::select! {
+        a = handle(&shared, request) => a,
+        // Shutting down: cut the exchange, as a dying server would.
+        () = shared.cancel.cancelled() => Action::Close,
+    };
+    match action {
+        Action::Reply(answer) => answer.into_response(),
+        Action::Close => conn.drop_connection(),
     }
 }
 
@@ -566,8 +555,8 @@ async fn handle(shared: &Shared, request: Request) -> Action {
     match kind {
         FaultKind::ServerError => {
             shared.record_fault(&op, kind);
-            Action::Reply(Response::aws_error(
-                500,
+            Action::Reply(Answer::aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
                 "com.amazonaws.sqs#InternalError",
                 "We encountered an internal error. Please try again. (injected)",
                 Some("InternalError;Receiver"),
@@ -575,8 +564,8 @@ async fn handle(shared: &Shared, request: Request) -> Action {
         }
         FaultKind::Unavailable => {
             shared.record_fault(&op, kind);
-            Action::Reply(Response::aws_error(
-                503,
+            Action::Reply(Answer::aws_error(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "com.amazonaws.sqs#ServiceUnavailable",
                 "Service is unavailable. Try again later. (injected)",
                 Some("ServiceUnavailable;Receiver"),
@@ -592,15 +581,15 @@ async fn handle(shared: &Shared, request: Request) -> Action {
             // SQS's own modelled error, and the generic one AWS front ends answer with; the SDK
             // classifies both codes as throttling (retried with backoff).
             Action::Reply(if flip {
-                Response::aws_error(
-                    400,
+                Answer::aws_error(
+                    StatusCode::BAD_REQUEST,
                     "com.amazonaws.sqs#RequestThrottled",
                     "Request is throttled. (injected)",
                     Some("RequestThrottled;Sender"),
                 )
             } else {
-                Response::aws_error(
-                    400,
+                Answer::aws_error(
+                    StatusCode::BAD_REQUEST,
                     "com.amazon.coral.availability#ThrottlingException",
                     "Rate exceeded (injected)",
                     None,
@@ -643,7 +632,7 @@ async fn handle(shared: &Shared, request: Request) -> Action {
 /// A batch request split into what is forwarded and what is reported failed.
 struct Split {
     /// The request body with the failed entries removed; `None` when every entry failed.
-    forwarded: Option<Vec<u8>>,
+    forwarded: Option<Bytes>,
     /// Ids of the entries reported failed.
     failed: Vec<String>,
 }
@@ -678,7 +667,7 @@ fn split_batch(shared: &Shared, body: &[u8]) -> Option<Split> {
         None
     } else {
         *entries = kept;
-        Some(v.to_string().into_bytes())
+        Some(Bytes::from(v.to_string()))
     };
     Some(Split { forwarded, failed })
 }
@@ -692,14 +681,17 @@ fn failed_entry(id: &str) -> Value {
     })
 }
 
-async fn partial_batch(shared: &Shared, op: &str, request: &Request, split: Split) -> Response {
+async fn partial_batch(shared: &Shared, op: &str, request: &Request, split: Split) -> Answer {
     let failed: Vec<Value> = split.failed.iter().map(|id| failed_entry(id)).collect();
     let Some(body) = split.forwarded else {
         // Nothing left to forward (SQS rejects an empty batch): answer for the server.
-        return Response::json(200, &json!({ "Successful": [], "Failed": failed }));
+        return Answer::json(
+            StatusCode::OK,
+            &json!({ "Successful": [], "Failed": failed }),
+        );
     };
     let mut answer = forward(shared, op, request, Some(body)).await;
-    if answer.status != 200 {
+    if answer.status != StatusCode::OK {
         // The forwarded part failed as a whole: that answer already covers every entry.
         return answer;
     }
@@ -712,11 +704,9 @@ async fn partial_batch(shared: &Shared, op: &str, request: &Request, split: Spli
             arr.extend(failed);
         }
     }
-    answer.body = v.to_string().into_bytes();
+    answer.body = Bytes::from(v.to_string());
     // The body changed: a checksum of the old one would now be wrong.
-    answer
-        .headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("x-amz-crc32"));
+    answer.headers.remove("x-amz-crc32");
     answer
 }
 
@@ -739,37 +729,21 @@ fn hop_by_hop(name: &str) -> bool {
 
 /// Forwards `request` (with `body` instead of its own when given), records what the answer
 /// says about receipts and deletes, and returns the answer (502 when the upstream failed).
-async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Vec<u8>>) -> Response {
+async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Bytes>) -> Answer {
     let sent_body = body.unwrap_or_else(|| request.body.clone());
-    let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            return Response::aws_error(
-                400,
-                "MalformedRequest",
-                &format!("unknown method {}", request.method),
-                None,
-            )
-        }
-    };
     let url = format!("{}{}", shared.upstream, request.target);
-    let mut req = shared.http.request(method, url).body(sent_body.clone());
-    for (k, v) in &request.headers {
-        if !hop_by_hop(k) {
-            req = req.header(k.as_str(), v.as_str());
-        }
-    }
     let result = async {
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let headers: Vec<(String, Vec<u8>)> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| !hop_by_hop(k.as_str()))
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        let body = resp.bytes().await?.to_vec();
-        Ok::<_, reqwest::Error>(Response {
+        let resp = shared
+            .http
+            .request(request.method.clone(), url)
+            .headers(end_to_end(&request.headers))
+            .body(sent_body.clone())
+            .send()
+            .await?;
+        let status = resp.status();
+        let headers = end_to_end(resp.headers());
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>(Answer {
             status,
             headers,
             body,
@@ -778,7 +752,7 @@ async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Vec<
     .await;
     match result {
         Ok(answer) => {
-            if answer.status == 200 {
+            if answer.status == StatusCode::OK {
                 record_effects(shared, op, &sent_body, &answer.body);
             }
             answer
@@ -786,14 +760,22 @@ async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Vec<
         Err(e) => {
             shared.state().counts.upstream_errors += 1;
             tracing::debug!(error = %e, op, "fault proxy: upstream failed");
-            Response::aws_error(
-                502,
+            Answer::aws_error(
+                StatusCode::BAD_GATEWAY,
                 "BadGateway",
                 &format!("fault proxy: upstream failed: {e}"),
                 None,
             )
         }
     }
+}
+
+/// The headers of `map` that describe the message, not the hop.
+fn end_to_end(map: &HeaderMap) -> HeaderMap {
+    map.iter()
+        .filter(|(k, _)| !hop_by_hop(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Keeps the ledger: receipt handles handed out by receives, deletes accepted upstream.
@@ -880,175 +862,12 @@ fn accept_delete(st: &mut State, receipt: &str) {
     });
 }
 
-/// Reads one line (up to [`MAX_HEAD_LINE`]), without its line ending. `None` at a clean EOF.
-async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<String>, ProxyError> {
-    let mut buf = Vec::new();
-    let n = (&mut *r)
-        .take(MAX_HEAD_LINE)
-        .read_until(b'\n', &mut buf)
-        .await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if buf.last() != Some(&b'\n') {
-        return Err(ProxyError::Malformed("line too long or cut short".into()));
-    }
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-        buf.pop();
-    }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| ProxyError::Malformed("non-UTF-8 request head".into()))
-}
-
-/// Reads one request. `None` when the client closed the connection between requests.
-async fn read_request<R, W>(r: &mut R, w: &mut W) -> Result<Option<Request>, ProxyError>
-where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Tolerate blank lines before a request line (RFC 9112 §2.2).
-    let line = loop {
-        match read_line(r).await? {
-            None => return Ok(None),
-            Some(l) if l.is_empty() => continue,
-            Some(l) => break l,
-        }
-    };
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProxyError::Malformed(format!("request line {line:?}")));
-    };
-    let mut headers = Vec::new();
-    loop {
-        let Some(h) = read_line(r).await? else {
-            return Err(ProxyError::Malformed(
-                "connection closed in the headers".into(),
-            ));
-        };
-        if h.is_empty() {
-            break;
-        }
-        if headers.len() >= MAX_HEADERS {
-            return Err(ProxyError::Malformed("too many headers".into()));
-        }
-        let Some((k, v)) = h.split_once(':') else {
-            return Err(ProxyError::Malformed(format!("header line {h:?}")));
-        };
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut request = Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers,
-        body: Vec::new(),
-        close: false,
-    };
-    let connection = request
-        .header("connection")
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    request.close = if version == "HTTP/1.0" {
-        !connection.contains("keep-alive")
-    } else {
-        connection.contains("close")
-    };
-    if request
-        .header("expect")
-        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        w.flush().await?;
-    }
-    let chunked = request
-        .header("transfer-encoding")
-        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
-    request.body = if chunked {
-        read_chunked(r).await?
-    } else {
-        let len = match request.header("content-length") {
-            Some(l) => l
-                .parse::<usize>()
-                .map_err(|_| ProxyError::Malformed(format!("content-length {l:?}")))?,
-            None => 0,
-        };
-        if len > MAX_BODY {
-            return Err(ProxyError::Malformed(format!("body of {len} bytes")));
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).await?;
-        body
-    };
-    Ok(Some(request))
-}
-
-async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ProxyError> {
-    let mut body = Vec::new();
-    loop {
-        let Some(size_line) = read_line(r).await? else {
-            return Err(ProxyError::Malformed("connection closed in a chunk".into()));
-        };
-        let hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(hex, 16)
-            .map_err(|_| ProxyError::Malformed(format!("chunk size {size_line:?}")))?;
-        if size == 0 {
-            // Trailers, up to the blank line that ends the message.
-            while let Some(l) = read_line(r).await? {
-                if l.is_empty() {
-                    break;
-                }
-            }
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(ProxyError::Malformed("chunked body too large".into()));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..]).await?;
-        let mut crlf = [0u8; 2];
-        r.read_exact(&mut crlf).await?;
-        if &crlf != b"\r\n" {
-            return Err(ProxyError::Malformed("chunk not followed by CRLF".into()));
-        }
-    }
-}
-
-async fn write_response<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    answer: &Response,
-    close: bool,
-) -> Result<(), ProxyError> {
-    let reason = reqwest::StatusCode::from_u16(answer.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown");
-    let mut head = format!("HTTP/1.1 {} {reason}\r\n", answer.status).into_bytes();
-    for (k, v) in &answer.headers {
-        if hop_by_hop(k) {
-            continue;
-        }
-        head.extend_from_slice(k.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(v);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(format!("content-length: {}\r\n", answer.body.len()).as_bytes());
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    w.write_all(&head).await?;
-    w.write_all(&answer.body).await?;
-    w.flush().await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::routing::post;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// A fake upstream: echoes the operation and entries it got, and records every body.
     async fn upstream() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
@@ -1360,27 +1179,96 @@ mod tests {
         );
     }
 
+    /// Sends one request (asking to close after it) on a raw connection to the proxy.
+    async fn raw_exchange(proxy: &FaultProxy, op: &str, body: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(proxy.local_addr())
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: q\r\nX-Amz-Target: AmazonSQS.{op}\r\n\
+             Content-Type: {AMZ_JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        tcp
+    }
+
+    /// Everything the proxy sends until it closes (a reset counts as a close).
+    async fn read_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+            .await
+            .expect("the proxy closes the connection instead of hanging");
+        match read {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        got
+    }
+
     #[tokio::test]
-    async fn chunked_bodies_and_expect_continue_are_read() {
-        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let mut r = BufReader::new(&raw[..]);
-        let mut w = Vec::new();
-        let req = read_request(&mut r, &mut w)
+    async fn closing_faults_close_the_tcp_connection_before_any_answer_byte() {
+        let (up, seen, task) = upstream().await;
+        for (kind, forwarded) in [(FaultKind::DroppedRequest, 0), (FaultKind::LostReply, 1)] {
+            seen.lock().expect("lock").clear();
+            let proxy = FaultProxy::start(&up, FaultConfig::new(5, Shares::only(kind)))
+                .await
+                .expect("start");
+            let mut tcp = raw_exchange(&proxy, "DeleteMessage", r#"{"ReceiptHandle":"r1"}"#).await;
+            let got = read_until_closed(&mut tcp).await;
+            assert!(
+                got.is_empty(),
+                "{}: no status line, not a byte: {:?}",
+                kind.as_str(),
+                String::from_utf8_lossy(&got)
+            );
+            assert_eq!(
+                seen.lock().expect("lock").len(),
+                forwarded,
+                "{}",
+                kind.as_str()
+            );
+            assert_eq!(proxy.counts().faults_of(kind), 1);
+            // An unfaulted exchange on the same proxy is answered normally.
+            proxy.set_active(false);
+            let mut tcp = raw_exchange(&proxy, "DeleteMessage", "{}").await;
+            let got = read_until_closed(&mut tcp).await;
+            assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
+            proxy.shutdown().await;
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_and_expect_continue_are_forwarded() {
+        let (up, seen, task) = upstream().await;
+        let proxy = FaultProxy::start(&up, FaultConfig::new(1, Shares::NONE))
             .await
-            .expect("parse")
-            .expect("request");
-        assert_eq!(req.body, b"abcde");
-        assert!(!req.close);
-        assert!(w.starts_with(b"HTTP/1.1 100 Continue"));
-        let mut r = BufReader::new(&b"GET / HTTP/1.0\r\n\r\n"[..]);
-        let req = read_request(&mut r, &mut w)
+            .expect("start");
+        let mut tcp = TcpStream::connect(proxy.local_addr())
             .await
-            .expect("parse")
-            .expect("req");
-        assert!(req.close, "HTTP/1.0 closes by default");
-        let mut r = BufReader::new(&b""[..]);
-        assert!(read_request(&mut r, &mut w).await.expect("eof").is_none());
-        let mut r = BufReader::new(&b"nonsense\r\n\r\n"[..]);
-        assert!(read_request(&mut r, &mut w).await.is_err());
+            .expect("connect");
+        tcp.write_all(
+            b"POST / HTTP/1.1\r\nHost: q\r\nX-Amz-Target: AmazonSQS.SendMessage\r\n\
+              Transfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("head");
+        // The body is sent only once the proxy asked for it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.expect("100 Continue");
+            head.push(byte[0]);
+        }
+        assert_eq!(head, b"HTTP/1.1 100 Continue\r\n\r\n");
+        tcp.write_all(b"4\r\n{\"Qu\r\na;x=y\r\neueUrl\":1}\r\n0\r\n\r\n")
+            .await
+            .expect("chunks");
+        let got = read_until_closed(&mut tcp).await;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
+        assert_eq!(*seen.lock().expect("lock"), vec![json!({"QueueUrl": 1})]);
+        proxy.shutdown().await;
+        task.abort();
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`agent_double`]: the ECS agent's task-protection and task-metadata endpoints.
 //! - [`fault_proxy`]: a fault-injecting proxy in front of an SQS-compatible server.
+//! - [`killable`]: the listener both HTTP doubles serve on, whose connections a handler can drop.
 //! - [`local_ecs`]: a local stand-in for one ECS service (library behind the `local-ecs` binary).
 //! - [`fauxqs`]: starts the fauxqs SQS emulator on a free loopback port.
 //!
@@ -12,6 +13,7 @@
 pub mod agent_double;
 pub mod fault_proxy;
 pub mod fauxqs;
+pub mod killable;
 pub mod local_ecs;
 
 /// ECS sends SIGKILL 30 s after SIGTERM unless the task definition's `stopTimeout` says otherwise.
