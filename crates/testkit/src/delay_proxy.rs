@@ -10,8 +10,9 @@
 //! a TCP handshake over the same distance. An end of stream (or a read error) is passed on
 //! `delay` later too, as a half-close of the other side.
 //!
-//! Delays use `tokio::time`, so a paused test clock drives them; on a real clock the timer's
-//! 1 ms resolution makes each delay up to a millisecond longer, never shorter.
+//! Delays use `tokio::time`, so a paused test clock drives them. On a real clock the timer's
+//! millisecond ticks make each delay one to two milliseconds longer, never shorter; with no delay
+//! a chunk is passed on at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::tasks::Tasks;
 
 /// Largest chunk read at once (the size of a socket's usual receive window).
 const CHUNK: usize = 64 * 1024;
@@ -57,8 +60,7 @@ struct Counters {
 /// A running relay. Stop it with [`DelayProxy::shutdown`]; dropping it also stops it.
 pub struct DelayProxy {
     addr: SocketAddr,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
+    tasks: Tasks,
     counters: Arc<Counters>,
 }
 
@@ -74,19 +76,18 @@ impl DelayProxy {
         let addr = listener.local_addr()?;
         let proxy = DelayProxy {
             addr,
-            cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tasks: Tasks::default(),
             counters: Arc::default(),
         };
-        proxy.tracker.spawn(accept_loop(
+        proxy.tasks.spawn(accept_loop(
             listener,
             Link {
                 upstream,
                 delay,
                 counters: proxy.counters.clone(),
             },
-            proxy.cancel.clone(),
-            proxy.tracker.clone(),
+            proxy.tasks.token(),
+            proxy.tasks.tracker(),
         ));
         tracing::debug!(%addr, %upstream, ?delay, "delay proxy listening");
         Ok(proxy)
@@ -104,23 +105,10 @@ impl DelayProxy {
         }
     }
 
-    /// Stops accepting, cuts open connections and waits (bounded) for their tasks.
+    /// Stops accepting, cuts open connections and waits (bounded) for their tasks. A relay
+    /// dropped without it still stops.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("delay proxy connections did not stop in time");
-        }
-    }
-}
-
-impl Drop for DelayProxy {
-    /// A relay dropped without `shutdown()` still stops (a signal only, no I/O here).
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        self.tasks.stop(SHUTDOWN_GRACE, "delay proxy").await;
     }
 }
 
@@ -223,7 +211,10 @@ where
     };
     let write = async move {
         while let Some((due, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
+            // The timer rounds up to its next millisecond: a chunk already due goes at once.
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
             let Some(chunk) = chunk else {
                 let _ = to.shutdown().await;
                 return;

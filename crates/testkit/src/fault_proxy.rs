@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -37,9 +37,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::killable::{ConnAddr, KillableListener};
+use crate::tasks::Tasks;
 
 /// Largest request body accepted: a 1 MiB SQS message, JSON-escaped, in a batch of 10, with room.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -275,7 +275,7 @@ pub struct AcceptedDelete {
 pub struct FaultProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    tracker: TaskTracker,
+    tasks: Tasks,
 }
 
 struct Shared {
@@ -356,11 +356,12 @@ impl FaultProxy {
             .timeout(config.upstream_timeout)
             .build()
             .map_err(ProxyError::Client)?;
+        let tasks = Tasks::default();
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             http,
             active: AtomicBool::new(true),
-            cancel: CancellationToken::new(),
+            cancel: tasks.token(),
             state: Mutex::new(State {
                 rng: fastrand::Rng::with_seed(config.seed),
                 throttle_flip: false,
@@ -385,8 +386,7 @@ impl FaultProxy {
             app.into_make_service_with_connect_info::<ConnAddr>(),
         )
         .with_graceful_shutdown(shared.cancel.clone().cancelled_owned());
-        let tracker = TaskTracker::new();
-        tracker.spawn(async move {
+        tasks.spawn(async move {
             if let Err(error) = server.await {
                 tracing::debug!(%error, "fault proxy server failed");
             }
@@ -395,7 +395,7 @@ impl FaultProxy {
         Ok(FaultProxy {
             addr,
             shared,
-            tracker,
+            tasks,
         })
     }
 
@@ -422,23 +422,10 @@ impl FaultProxy {
         self.shared.state().deletes.clone()
     }
 
-    /// Stops accepting, cuts open exchanges and waits (bounded) for the server to stop.
+    /// Stops accepting, cuts open exchanges and waits (bounded) for the server to stop. A proxy
+    /// dropped without it still stops.
     pub async fn shutdown(self) {
-        self.shared.cancel.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("fault proxy connections did not stop in time");
-        }
-    }
-}
-
-impl Drop for FaultProxy {
-    /// A proxy dropped without `shutdown()` still stops (a signal only, no I/O here).
-    fn drop(&mut self) {
-        self.shared.cancel.cancel();
+        self.tasks.stop(SHUTDOWN_GRACE, "fault proxy").await;
     }
 }
 
@@ -505,10 +492,7 @@ impl Answer {
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         // hyper adds the framing (content-length) for the body as it is now.
-        let mut response = Response::new(Body::from(self.body));
-        *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers;
-        response
+        (self.status, self.headers, self.body).into_response()
     }
 }
 

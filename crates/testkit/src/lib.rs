@@ -8,6 +8,7 @@
 //! - [`local_ecs`]: a local stand-in for one ECS service (library behind the `local-ecs` binary).
 //! - [`fauxqs`]: starts the fauxqs SQS emulator on a free loopback port.
 //! - [`cli`]: what the binaries share (waiting for a stop request).
+//! - [`tasks`]: the tracked background tasks of a running proxy, and their stop.
 //!
 //! Binaries: `local-ecs` (the demo's and the soak's service scheduler), `agent-double` (a
 //! stand-alone agent endpoint for the benchmark) and `delay-proxy` (the benchmark's network
@@ -20,6 +21,7 @@ pub mod fault_proxy;
 pub mod fauxqs;
 pub mod killable;
 pub mod local_ecs;
+pub mod tasks;
 
 /// ECS sends SIGKILL 30 s after SIGTERM unless the task definition's `stopTimeout` says otherwise.
 pub const ECS_DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
