@@ -647,6 +647,7 @@ def main():
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release()},
+        "commit": git_commit(),
         "settings": {k: getattr(args, k) for k in ("runs", "messages", "concurrency", "delete_linger", "worker_env",
                                                     "worker_arg", "slow_messages", "slow_ms", "idle_seconds",
                                                     "rtt_ms", "latency_messages", "latency_runs")},
@@ -694,6 +695,16 @@ def main():
         log(f"wrote {os.path.relpath(args.svg)}")
     print(report(result))
     log(f"wrote {os.path.relpath(args.json)} ({result['bench_seconds']} s)")
+
+
+def git_commit():
+    """The tree's commit (with -dirty for uncommitted changes), so runs before and after a change
+    can be told apart; None outside a git checkout."""
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return r.stdout.strip() or None
 
 
 def cpu_model():
@@ -796,8 +807,8 @@ def latency_table(e, kinds, n, ms, conc):
     row(f"{n:,} × {ms} ms jobs at concurrency {conc}: msg/s", slow, "msgs_per_s", "{:,.0f}")
     row("share of the ideal", slow, "share_of_ideal", "{:.0%}")
     row(f"{n:,} zero-length jobs: msg/s", zero, "msgs_per_s", "{:,.0f}")
-    lines.append("| emulator CPU (share of a core) | " + " | ".join(
-        fmt(zero[k]["fauxqs_cpu_share"], "{:.0%}") + (" saturated" if zero[k]["emulator_saturated"] else "")
+    lines.append(f"| emulator CPU, share of a core (saturated from {SATURATED:.0%}) | " + " | ".join(
+        fmt(zero[k]["fauxqs_cpu_share"], "{:.0%}") + (", saturated" if zero[k]["emulator_saturated"] else "")
         for k in kinds) + " |" + " |" * (cols - len(kinds)))
     row("relay CPU (share of a core)", zero, "relay_cpu_share", "{:.0%}", ratio=False)
     row(f"SQS requests per 1,000 msg ({ms} ms jobs)", slow, "sqs_requests_per_1000", "{:,.1f}")
