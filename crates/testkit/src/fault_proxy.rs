@@ -537,48 +537,9 @@ async fn handle(shared: &Shared, request: Request) -> Action {
         return Action::Reply(forward(shared, &op, &request, None).await);
     };
     match kind {
-        FaultKind::ServerError => {
+        FaultKind::ServerError | FaultKind::Unavailable | FaultKind::Throttled => {
             shared.record_fault(&op, kind);
-            Action::Reply(Answer::aws_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "com.amazonaws.sqs#InternalError",
-                "We encountered an internal error. Please try again. (injected)",
-                Some("InternalError;Receiver"),
-            ))
-        }
-        FaultKind::Unavailable => {
-            shared.record_fault(&op, kind);
-            Action::Reply(Answer::aws_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "com.amazonaws.sqs#ServiceUnavailable",
-                "Service is unavailable. Try again later. (injected)",
-                Some("ServiceUnavailable;Receiver"),
-            ))
-        }
-        FaultKind::Throttled => {
-            shared.record_fault(&op, kind);
-            let flip = {
-                let mut st = shared.state();
-                st.throttle_flip = !st.throttle_flip;
-                st.throttle_flip
-            };
-            // SQS's own modelled error, and the generic one AWS front ends answer with; the SDK
-            // classifies both codes as throttling (retried with backoff).
-            Action::Reply(if flip {
-                Answer::aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "com.amazonaws.sqs#RequestThrottled",
-                    "Request is throttled. (injected)",
-                    Some("RequestThrottled;Sender"),
-                )
-            } else {
-                Answer::aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "com.amazon.coral.availability#ThrottlingException",
-                    "Rate exceeded (injected)",
-                    None,
-                )
-            })
+            Action::Reply(injected_error(shared, kind))
         }
         FaultKind::Slow => {
             shared.record_fault(&op, kind);
@@ -611,6 +572,44 @@ async fn handle(shared: &Shared, request: Request) -> Action {
             None => Action::Reply(forward(shared, &op, &request, None).await),
         },
     }
+}
+
+/// The answer of an error fault, as SQS (or the AWS front end before it) gives it.
+fn injected_error(shared: &Shared, kind: FaultKind) -> Answer {
+    let throttle_flip = || {
+        let mut st = shared.state();
+        st.throttle_flip = !st.throttle_flip;
+        st.throttle_flip
+    };
+    let (status, code, message, query_error) = match kind {
+        FaultKind::ServerError => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "com.amazonaws.sqs#InternalError",
+            "We encountered an internal error. Please try again. (injected)",
+            Some("InternalError;Receiver"),
+        ),
+        FaultKind::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "com.amazonaws.sqs#ServiceUnavailable",
+            "Service is unavailable. Try again later. (injected)",
+            Some("ServiceUnavailable;Receiver"),
+        ),
+        // SQS's own modelled error, and the generic one AWS front ends answer with; the SDK
+        // classifies both codes as throttling (retried with backoff).
+        _ if throttle_flip() => (
+            StatusCode::BAD_REQUEST,
+            "com.amazonaws.sqs#RequestThrottled",
+            "Request is throttled. (injected)",
+            Some("RequestThrottled;Sender"),
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "com.amazon.coral.availability#ThrottlingException",
+            "Rate exceeded (injected)",
+            None,
+        ),
+    };
+    Answer::aws_error(status, code, message, query_error)
 }
 
 /// A batch request split into what is forwarded and what is reported failed.
@@ -853,8 +852,30 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// A fake upstream: echoes the operation and entries it got, and records every body.
-    async fn upstream() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
+    /// A fake upstream (it echoes the operation and entries it got, and records every body) and
+    /// a client; the upstream stops when this is dropped.
+    struct Bed {
+        url: String,
+        seen: Arc<Mutex<Vec<Value>>>,
+        /// Goes straight to loopback, whatever HTTP_PROXY says.
+        http: reqwest::Client,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Bed {
+        /// The request bodies the upstream got.
+        fn seen(&self) -> MutexGuard<'_, Vec<Value>> {
+            self.seen.lock().expect("lock")
+        }
+    }
+
+    impl Drop for Bed {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    async fn bed() -> Bed {
         let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
         let seen2 = seen.clone();
         let app = axum::Router::new().route(
@@ -892,18 +913,18 @@ mod tests {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        (format!("http://{addr}"), seen, task)
-    }
-
-    /// A test client that goes straight to loopback, whatever HTTP_PROXY says.
-    fn http() -> reqwest::Client {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client")
+        Bed {
+            url: format!("http://{addr}"),
+            seen,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+            server,
+        }
     }
 
     async fn call(
@@ -924,6 +945,21 @@ mod tests {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// A proxy in front of `up`.
+    async fn proxy_with(up: &str, seed: u64, shares: Shares) -> FaultProxy {
+        FaultProxy::start(up, FaultConfig::new(seed, shares))
+            .await
+            .expect("start")
+    }
+
+    /// `DeleteMessage` of the receipt handle `r1`.
+    async fn delete_r1(
+        http: &reqwest::Client,
+        proxy: &FaultProxy,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        call(http, proxy, "DeleteMessage", json!({"ReceiptHandle": "r1"})).await
+    }
+
     fn batch(n: usize) -> Value {
         let entries: Vec<Value> = (0..n)
             .map(|i| json!({"Id": i.to_string(), "ReceiptHandle": format!("r{i}")}))
@@ -933,10 +969,8 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_untouched_and_keeps_the_connection_alive() {
-        let (up, seen, task) = upstream().await;
-        let proxy = FaultProxy::start(&up, FaultConfig::new(1, Shares::NONE))
-            .await
-            .expect("start");
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 1, Shares::NONE).await;
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(1)
@@ -949,28 +983,24 @@ mod tests {
             assert_eq!(status, 200);
             assert_eq!(v["Successful"].as_array().map(Vec::len), Some(3));
         }
-        assert_eq!(seen.lock().expect("lock").len(), 5);
+        assert_eq!(bed.seen().len(), 5);
         let counts = proxy.counts();
         assert_eq!(counts.requests.get("DeleteMessageBatch"), Some(&5));
         assert_eq!(counts.total_faults(), 0);
         assert_eq!(counts.connections, 1, "one connection, reused");
         proxy.shutdown().await;
-        task.abort();
     }
 
     #[tokio::test]
     async fn injected_errors_have_aws_shapes_and_are_not_forwarded() {
-        let (up, seen, task) = upstream().await;
-        let http = http();
+        let bed = bed().await;
         for (kind, status, code) in [
             (FaultKind::ServerError, 500, "InternalError"),
             (FaultKind::Unavailable, 503, "ServiceUnavailable"),
             (FaultKind::Throttled, 400, "RequestThrottled"),
         ] {
-            let proxy = FaultProxy::start(&up, FaultConfig::new(7, Shares::only(kind)))
-                .await
-                .expect("start");
-            let (s, v) = call(&http, &proxy, "ReceiveMessage", json!({}))
+            let proxy = proxy_with(&bed.url, 7, Shares::only(kind)).await;
+            let (s, v) = call(&bed.http, &proxy, "ReceiveMessage", json!({}))
                 .await
                 .expect("call");
             assert_eq!(s, status);
@@ -980,58 +1010,31 @@ mod tests {
             );
             assert_eq!(proxy.counts().faults_of(kind), 1);
             // Set-up calls are not eligible by default.
-            let (s, _) = call(&http, &proxy, "CreateQueue", json!({}))
+            let (s, _) = call(&bed.http, &proxy, "CreateQueue", json!({}))
                 .await
                 .expect("call");
             assert_eq!(s, 200);
             proxy.shutdown().await;
         }
-        assert_eq!(
-            seen.lock().expect("lock").len(),
-            3,
-            "only CreateQueue got through"
-        );
-        task.abort();
+        assert_eq!(bed.seen().len(), 3, "only CreateQueue got through");
     }
 
     #[tokio::test]
     async fn dropped_requests_never_arrive_and_lost_replies_are_applied() {
-        let (up, seen, task) = upstream().await;
-        let http = http();
-        let proxy = FaultProxy::start(
-            &up,
-            FaultConfig::new(3, Shares::only(FaultKind::DroppedRequest)),
-        )
-        .await
-        .expect("start");
-        assert!(call(
-            &http,
-            &proxy,
-            "DeleteMessage",
-            json!({"ReceiptHandle": "r1"})
-        )
-        .await
-        .is_err());
-        assert!(seen.lock().expect("lock").is_empty());
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 3, Shares::only(FaultKind::DroppedRequest)).await;
+        assert!(delete_r1(&bed.http, &proxy).await.is_err());
+        assert!(bed.seen().is_empty());
         assert!(proxy.accepted_deletes().is_empty());
         proxy.shutdown().await;
 
-        let proxy = FaultProxy::start(&up, FaultConfig::new(3, Shares::only(FaultKind::LostReply)))
-            .await
-            .expect("start");
+        let proxy = proxy_with(&bed.url, 3, Shares::only(FaultKind::LostReply)).await;
         // The receive's answer is lost too, but the proxy saw it: the ledger knows r1 is m1.
-        assert!(call(&http, &proxy, "ReceiveMessage", json!({}))
+        assert!(call(&bed.http, &proxy, "ReceiveMessage", json!({}))
             .await
             .is_err());
-        assert!(call(
-            &http,
-            &proxy,
-            "DeleteMessage",
-            json!({"ReceiptHandle": "r1"})
-        )
-        .await
-        .is_err());
-        assert_eq!(seen.lock().expect("lock").len(), 2);
+        assert!(delete_r1(&bed.http, &proxy).await.is_err());
+        assert_eq!(bed.seen().len(), 2);
         assert_eq!(
             proxy.accepted_deletes(),
             vec![AcceptedDelete {
@@ -1042,23 +1045,16 @@ mod tests {
         );
         assert_eq!(proxy.counts().faults_of(FaultKind::LostReply), 2);
         proxy.shutdown().await;
-        task.abort();
     }
 
     #[tokio::test]
     async fn partial_batch_failures_are_faithful() {
-        let (up, seen, task) = upstream().await;
-        let http = http();
-        let proxy = FaultProxy::start(
-            &up,
-            FaultConfig::new(11, Shares::only(FaultKind::PartialBatch)),
-        )
-        .await
-        .expect("start");
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 11, Shares::only(FaultKind::PartialBatch)).await;
         let mut failed_total = 0;
         for _ in 0..20 {
-            seen.lock().expect("lock").clear();
-            let (s, v) = call(&http, &proxy, "ChangeMessageVisibilityBatch", batch(10))
+            bed.seen().clear();
+            let (s, v) = call(&bed.http, &proxy, "ChangeMessageVisibilityBatch", batch(10))
                 .await
                 .expect("call");
             assert_eq!(s, 200);
@@ -1074,9 +1070,8 @@ mod tests {
             assert!(!failed.is_empty(), "at least one entry fails");
             assert_eq!(ok.len() + failed.len(), 10);
             assert!(ok.is_disjoint(&failed));
-            let forwarded: BTreeSet<String> = seen
-                .lock()
-                .expect("lock")
+            let forwarded: BTreeSet<String> = bed
+                .seen()
                 .iter()
                 .flat_map(|b| b["Entries"].as_array().cloned().unwrap_or_default())
                 .filter_map(|e| e["Id"].as_str().map(str::to_string))
@@ -1099,7 +1094,7 @@ mod tests {
         );
         // A partial-batch draw on a non-batch operation passes through.
         let (s, _) = call(
-            &http,
+            &bed.http,
             &proxy,
             "DeleteMessage",
             json!({"ReceiptHandle": "r"}),
@@ -1108,13 +1103,11 @@ mod tests {
         .expect("call");
         assert_eq!(s, 200);
         proxy.shutdown().await;
-        task.abort();
     }
 
     #[tokio::test]
     async fn the_same_seed_draws_the_same_faults() {
-        let (up, _seen, task) = upstream().await;
-        let http = http();
+        let bed = bed().await;
         let shares = Shares {
             server_error: 0.2,
             unavailable: 0.2,
@@ -1123,12 +1116,10 @@ mod tests {
         };
         let mut runs = Vec::new();
         for _ in 0..2 {
-            let proxy = FaultProxy::start(&up, FaultConfig::new(42, shares))
-                .await
-                .expect("start");
+            let proxy = proxy_with(&bed.url, 42, shares).await;
             let mut statuses = Vec::new();
             for _ in 0..30 {
-                let (s, _) = call(&http, &proxy, "SendMessage", json!({}))
+                let (s, _) = call(&bed.http, &proxy, "SendMessage", json!({}))
                     .await
                     .expect("call");
                 statuses.push(s);
@@ -1138,7 +1129,6 @@ mod tests {
         }
         assert_eq!(runs[0], runs[1]);
         assert!(runs[0].contains(&200) && runs[0].iter().any(|s| *s != 200));
-        task.abort();
     }
 
     #[tokio::test]
@@ -1192,12 +1182,10 @@ mod tests {
 
     #[tokio::test]
     async fn closing_faults_close_the_tcp_connection_before_any_answer_byte() {
-        let (up, seen, task) = upstream().await;
+        let bed = bed().await;
         for (kind, forwarded) in [(FaultKind::DroppedRequest, 0), (FaultKind::LostReply, 1)] {
-            seen.lock().expect("lock").clear();
-            let proxy = FaultProxy::start(&up, FaultConfig::new(5, Shares::only(kind)))
-                .await
-                .expect("start");
+            bed.seen().clear();
+            let proxy = proxy_with(&bed.url, 5, Shares::only(kind)).await;
             let mut tcp = raw_exchange(&proxy, "DeleteMessage", r#"{"ReceiptHandle":"r1"}"#).await;
             let got = read_until_closed(&mut tcp).await;
             assert!(
@@ -1206,12 +1194,7 @@ mod tests {
                 kind.as_str(),
                 String::from_utf8_lossy(&got)
             );
-            assert_eq!(
-                seen.lock().expect("lock").len(),
-                forwarded,
-                "{}",
-                kind.as_str()
-            );
+            assert_eq!(bed.seen().len(), forwarded, "{}", kind.as_str());
             assert_eq!(proxy.counts().faults_of(kind), 1);
             // An unfaulted exchange on the same proxy is answered normally.
             proxy.set_active(false);
@@ -1220,15 +1203,12 @@ mod tests {
             assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
             proxy.shutdown().await;
         }
-        task.abort();
     }
 
     #[tokio::test]
     async fn chunked_bodies_and_expect_continue_are_forwarded() {
-        let (up, seen, task) = upstream().await;
-        let proxy = FaultProxy::start(&up, FaultConfig::new(1, Shares::NONE))
-            .await
-            .expect("start");
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 1, Shares::NONE).await;
         let mut tcp = TcpStream::connect(proxy.local_addr())
             .await
             .expect("connect");
@@ -1251,8 +1231,7 @@ mod tests {
             .expect("chunks");
         let got = read_until_closed(&mut tcp).await;
         assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
-        assert_eq!(*seen.lock().expect("lock"), vec![json!({"QueueUrl": 1})]);
+        assert_eq!(*bed.seen(), vec![json!({"QueueUrl": 1})]);
         proxy.shutdown().await;
-        task.abort();
     }
 }
