@@ -6,7 +6,8 @@
 #                                  40 ms round trip, 3,000 jobs of 200 ms and 3,000 zero-length
 #                                  jobs for every consumer (about 15 minutes)
 #   scripts/bench.sh --quick       smoke run: 2,000 jobs, 1 run, 20 s idle; 500 jobs at 40 ms
-#                                  round trip only (about a minute and a half)
+#                                  round trip only (about a minute and a half); its results go
+#                                  to .run/bench/quick.json and .run/bench/latency-quick.svg
 #   scripts/bench.sh [--runs N] [--messages N] [--concurrency N] [--idle-seconds S]
 #                    [--rtt-ms 0,20,40] [--latency-messages N] [--latency-runs N]
 #                    [--delete-linger 20ms] [--worker-env KEY=VALUE]... [--worker-arg ARG]...
@@ -20,16 +21,23 @@
 # Installs what it needs (scripts/setup.sh for Node 22 + fauxqs; sqs-consumer from
 # bench/package-lock.json into .tools/bench with npm ci), builds the release binary and the
 # test kit's agent-double and delay-proxy, then runs bench/bench.py. Prints tables; writes
-# bench/results/latest.json and bench/results/latency.svg, and keeps each consumer's log under
-# .run/bench/.
+# bench/results/latest.json and bench/results/latency.svg (not --quick), and keeps each
+# consumer's log under .run/bench/.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
 args=()
+# The committed results are the full run's: a smoke run writes beside its logs instead.
+json_out=bench/results/latest.json
+svg_out=bench/results/latency.svg
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) args+=(--runs 1 --messages 2000 --idle-seconds 20 --rtt-ms 40 --latency-messages 500) ;;
+    --quick)
+      args+=(--runs 1 --messages 2000 --idle-seconds 20 --rtt-ms 40 --latency-messages 500)
+      json_out="$RUN_DIR/bench/quick.json"
+      svg_out="$RUN_DIR/bench/latency-quick.svg"
+      ;;
     -h|--help) usage; exit 0 ;;
     *) args+=("$1") ;;
   esac
@@ -90,6 +98,6 @@ python3 bench/bench.py \
   --fauxqs-server "$FAUXQS_SERVER" \
   --consumer-js "$BENCH_HOME/sqs-consumer.mjs" \
   --out-dir "$RUN_DIR/bench" \
-  --json bench/results/latest.json \
-  --svg bench/results/latency.svg \
+  --json "$json_out" \
+  --svg "$svg_out" \
   "${args[@]}"
