@@ -93,10 +93,12 @@ impl DelayProxy {
         Ok(proxy)
     }
 
+    /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Connections and bytes relayed so far.
     pub fn counts(&self) -> DelayCounts {
         DelayCounts {
             connections: self.counters.connections.load(Ordering::Relaxed),

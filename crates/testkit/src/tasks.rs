@@ -34,6 +34,7 @@ impl Tasks {
         self.tracker.clone()
     }
 
+    /// Runs `task` in the background, tracked (it should watch [`Tasks::token`]).
     pub fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
