@@ -4,7 +4,11 @@
 On one fauxqs instance it measures queue-worker against sqs-consumer (handleMessage and
 handleMessageBatch modes) on zero-length jobs, then queue-worker alone on 200 ms jobs; meanwhile,
 on queues of their own, two idle queue-workers (one per protection mode) give the idle cost.
-Prints a table and writes JSON.
+Then, for network distance, each round trip of --rtt-ms gets a delay-proxy (the test kit's TCP
+relay, half the round trip each way) in front of the same fauxqs, and every consumer drains
+200 ms jobs and zero-length jobs through it (the preload, the depth polls and the counters still
+go straight to fauxqs; the agent double stays local, as the ECS agent is). Prints tables, writes
+JSON and an SVG of msg/s against round-trip time.
 
 Measurements, per consumer run (a fresh queue each time, preloaded before the consumer starts):
 - drain window: from the first poll that sees fewer than N visible messages to the first poll that
@@ -18,12 +22,17 @@ Measurements, per consumer run (a fresh queue each time, preloaded before the co
 - protection calls: the agent double's call log;
 - duplicates: queue-worker's JSON log ("done" events, keyed by the job span's
   message_id); sqs-consumer's own count of message ids (printed at exit);
-- emulator CPU share: fauxqs's utime+stime delta over the drain window / the window's length.
+- emulator CPU share: fauxqs's utime+stime delta over the drain window / the window's length
+  (likewise the delay-proxy's, through one);
+- measured round trip: the median time of a small HTTP exchange with fauxqs through the relay,
+  less the same exchange made directly (what the relay really adds, timer rounding included).
 """
 
 import argparse
 import datetime
+import http.client
 import json
+import math
 import os
 import platform
 import signal
@@ -36,6 +45,10 @@ import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.02
+# fauxqs runs JavaScript on one thread: at this share of a core it sets the pace, not the consumer
+SATURATED = 0.9
+KIND_LABELS = {"queue-worker": "queue-worker", "sqs-consumer:message": "sqs-consumer handleMessage",
+               "sqs-consumer:batch": "sqs-consumer handleMessageBatch"}
 
 
 def log(msg):
@@ -98,18 +111,20 @@ def stop_and_reap(proc, timeout=40.0, hwm=None):
 # fauxqs
 
 
+def start_listener(cmd, what, key):
+    """Starts a helper that prints `KEY=<port>` once listening (and stops at EOF on stdin).
+    Returns (process, port)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith(f"{key}="):
+        raise SystemExit(f"bench: {what} did not start (got {line!r})")
+    return proc, int(line.split("=", 1)[1])
+
+
 class Fauxqs:
     def __init__(self, node, server):
-        self.proc = subprocess.Popen(
-            [node, server, "--port", "0"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("FAUXQS_PORT="):
-            raise SystemExit(f"bench: fauxqs did not start (got {line!r})")
-        self.endpoint = f"http://127.0.0.1:{line.split('=', 1)[1]}"
+        self.proc, self.port = start_listener([node, server, "--port", "0"], "fauxqs", "FAUXQS_PORT")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def close(self):
         self.proc.stdin.close()  # EOF stops it
@@ -180,6 +195,44 @@ class AgentDouble:
         return json.loads(out.strip().splitlines()[-1])
 
 
+class DelayProxy:
+    """The test kit's delay-proxy in front of fauxqs: `rtt_ms` / 2 added each way."""
+
+    def __init__(self, binary, upstream_port, rtt_ms):
+        self.rtt_ms = rtt_ms
+        self.delay_us = int(round(rtt_ms * 1000 / 2))
+        self.proc, self.port = start_listener(
+            [binary, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream_port}",
+             "--delay", f"{self.delay_us}us"],
+            "delay-proxy", "DELAY_PROXY_PORT",
+        )
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def finish(self):
+        """Stops it; returns its counts (connections, bytes each way)."""
+        self.proc.stdin.close()  # EOF stops it
+        out = self.proc.stdout.read()
+        self.proc.wait(10)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def exchange_ms(port, n=15):
+    """Median time of a small HTTP exchange with fauxqs on `port`, on one kept-alive connection
+    (the first exchange, which opens it, is not counted)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times = []
+    try:
+        for i in range(n + 1):
+            t = time.perf_counter()
+            conn.request("GET", "/_fauxqs/queues")
+            conn.getresponse().read()
+            if i:
+                times.append(time.perf_counter() - t)
+    finally:
+        conn.close()
+    return statistics.median(times) * 1000
+
+
 def preload(args, env, queue_url, count, body=None, duration=None):
     cmd = [args.worker_bin, "send", "--queue-url", queue_url, "--count", str(count), "--parallel", "16"]
     cmd += ["--body", body] if body is not None else ["--duration", duration]
@@ -225,9 +278,12 @@ def ops_since(before, after):
 # one drain
 
 
-def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=None, timeout=300):
-    """Preloads n messages, starts one consumer, waits for the queue to drain, stops it."""
-    name = f"bench-{kind}-{run_no}-{int(time.time() * 1000) % 10**9}"
+def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=None, timeout=600,
+          relay=None):
+    """Preloads n messages, starts one consumer, waits for the queue to drain, stops it. With a
+    relay (DelayProxy), the consumer reaches fauxqs through it: endpoint and queue URL."""
+    tag = f"rtt{relay.rtt_ms:g}-" if relay else ""
+    name = f"bench-{tag}{kind.replace(':', '-')}-{run_no}-{int(time.time() * 1000) % 10**9}"
     url = fq.create_queue(name)
     preload(args, env, url, n, body=None if duration else body, duration=duration)
     t_wait = time.monotonic() + 30
@@ -239,6 +295,11 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
 
     agent = None
     penv = dict(env, QUEUE_URL=url)
+    if relay:
+        penv["AWS_ENDPOINT_URL"] = relay.endpoint
+        # Clients that take the queue URL for an endpoint must go through the relay too
+        # (fauxqs finds a queue by the name in its URL, whatever the host).
+        penv["QUEUE_URL"] = url.replace(fq.endpoint, relay.endpoint, 1)
     if kind == "queue-worker":
         agent = AgentDouble(args.agent_bin)
         penv.update(agent.env)
@@ -252,7 +313,7 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         penv.update(kv.split("=", 1) for kv in args.worker_env)
         logpath = os.path.join(args.out_dir, f"worker-{name}.log")
         errf = open(logpath, "w")
-        cmd = [args.worker_bin, "run"]
+        cmd = [args.worker_bin, "run", *args.worker_arg]
         stdout = subprocess.DEVNULL
     else:
         mode = kind.split(":", 1)[1]
@@ -262,6 +323,8 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         stdout = subprocess.PIPE
 
     fq_pid = fq.proc.pid
+    relay_pid = relay.proc.pid if relay else None
+    relay_first = relay_drained = None
     t_spawn = time.monotonic()
     proc = subprocess.Popen(cmd, env=penv, stdout=stdout, stderr=errf, text=True)
     t_first = t_drained = None
@@ -272,13 +335,14 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         vis, inflight, delayed = fq.depth(name)
         c = cpu_seconds(proc.pid)
         f = cpu_seconds(fq_pid)
+        rl = cpu_seconds(relay_pid) if relay_pid else None
         if c is not None:
             cpu_last = c
             hwm = vm_hwm_kb(proc.pid) or hwm
         if t_first is None and vis < n:
-            t_first, cpu_first, fq_first = now, c, f
+            t_first, cpu_first, fq_first, relay_first = now, c, f, rl
         if vis == 0 and inflight == 0 and delayed == 0:
-            t_drained, cpu_drained, fq_drained = now, c, f
+            t_drained, cpu_drained, fq_drained, relay_drained = now, c, f, rl
             break
         if proc.poll() is not None:
             raise SystemExit(f"bench: {kind} exited early ({proc.returncode}); see {logpath}")
@@ -319,6 +383,7 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         "sqs_requests_per_1000": round(total * 1000 / n, 1),
         "sqs_by_op": ops,
         "fauxqs_cpu_share": round((fq_drained - fq_first) / window, 3),
+        "relay_cpu_share": round((relay_drained - relay_first) / window, 3) if relay_pid else None,
         "log": os.path.relpath(logpath),
     }
     if kind == "queue-worker":
@@ -346,7 +411,7 @@ def drain(args, fq, env, kind, n, run_no, body="0", duration=None, concurrency=N
         res["errors"] = out.get("errors")
         res["protection_calls"] = None
     log(
-        f"{kind:28} run {run_no}: {res['msgs_per_s']:>8.0f} msg/s, {res['cpu_us_per_msg']:>7.1f} µs CPU/msg, "
+        f"{tag + kind:34} run {run_no}: {res['msgs_per_s']:>8.0f} msg/s, {res['cpu_us_per_msg']:>7.1f} µs CPU/msg, "
         f"RSS {res['peak_rss_kb'] / 1024:5.1f} MB, {res['sqs_requests_per_1000']:6.1f} req/1k, "
         f"dup {res['duplicates']}, fauxqs {res['fauxqs_cpu_share'] * 100:3.0f} % of a core"
     )
@@ -444,6 +509,47 @@ class Idle:
 
 
 # ---------------------------------------------------------------------------------------------
+# network distance
+
+
+def latency(args, fq, env, kinds):
+    """Every consumer through one delay-proxy per round trip: 200 ms jobs, then zero-length."""
+    direct_ms = exchange_ms(fq.port)
+    ideal = args.concurrency * 1000 / args.slow_ms
+    out = []
+    for rtt in args.rtt_ms:
+        relay = DelayProxy(args.delay_proxy_bin, fq.port, rtt)
+        try:
+            measured = round(exchange_ms(relay.port) - direct_ms, 2)
+            log(f"round trip {rtt:g} ms: delay-proxy on {relay.endpoint}, {relay.delay_us} µs each way, "
+                f"adds {measured} ms per exchange")
+            slow = {k: [] for k in kinds}
+            zero = {k: [] for k in kinds}
+            for r in range(1, args.latency_runs + 1):
+                for k in kinds:  # interleaved, as in the loopback comparison
+                    slow[k].append(drain(args, fq, env, k, args.latency_messages, r,
+                                         duration=f"{args.slow_ms}ms", relay=relay))
+                for k in kinds:
+                    zero[k].append(drain(args, fq, env, k, args.latency_messages, r, relay=relay))
+        finally:
+            counts = relay.finish()
+        slow_med = {k: summarize(v) for k, v in slow.items()}
+        for m in slow_med.values():
+            m["share_of_ideal"] = None if m["msgs_per_s"] is None else round(m["msgs_per_s"] / ideal, 3)
+        zero_med = {k: summarize(v) for k, v in zero.items()}
+        for k, m in zero_med.items():
+            m["relay_cpu_share"] = median(zero[k], "relay_cpu_share")
+            m["emulator_saturated"] = (None if m["fauxqs_cpu_share"] is None
+                                       else m["fauxqs_cpu_share"] >= SATURATED)
+        out.append({"rtt_ms": rtt, "delay_each_way_us": relay.delay_us, "measured_added_rtt_ms": measured,
+                    "relay": counts, "ideal_msgs_per_s": ideal,
+                    "slow": {"runs": slow, "median": slow_med}, "zero": {"runs": zero, "median": zero_med}})
+    return {"direct_exchange_ms": round(direct_ms, 3), "messages": args.latency_messages,
+            "slow_ms": args.slow_ms, "concurrency": args.concurrency, "runs": args.latency_runs,
+            "kinds": kinds, "by_rtt": out}
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
@@ -497,12 +603,21 @@ def main():
     ap.add_argument("--delete-linger", default="", help="WORKER_DELETE_LINGER for the worker (default: its own)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for the drain runs of queue-worker (e.g. RUST_LOG=warn, WORKER_WAIT_TIME=5s)")
+    ap.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument after `queue-worker run` in the drain runs (repeatable)")
     ap.add_argument("--slow-messages", type=int, default=2000)
     ap.add_argument("--slow-ms", type=int, default=200)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--kinds", default="queue-worker,sqs-consumer:message,sqs-consumer:batch",
                     help="consumers compared (comma list)")
-    ap.add_argument("--skip", default="", help="comma list of: compare,slow,idle")
+    ap.add_argument("--rtt-ms", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.0, 20.0, 40.0],
+                    help="round trips for the network-distance runs, comma list (0: through the relay, no delay)")
+    ap.add_argument("--latency-messages", type=int, default=3000,
+                    help="messages per drain in the network-distance runs (200 ms jobs and zero-length jobs)")
+    ap.add_argument("--latency-runs", type=int, default=1)
+    ap.add_argument("--skip", default="", help="comma list of: compare,slow,idle,latency")
+    ap.add_argument("--delay-proxy-bin", help="the test kit's delay-proxy (needed unless latency is skipped)")
+    ap.add_argument("--svg", help="write msg/s against round-trip time here")
     ap.add_argument("--worker-bin", required=True)
     ap.add_argument("--agent-bin", required=True)
     ap.add_argument("--node", required=True)
@@ -512,6 +627,8 @@ def main():
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if "latency" not in skip and not args.delay_proxy_bin:
+        ap.error("--delay-proxy-bin is needed for the network-distance runs (or --skip latency)")
     os.makedirs(args.out_dir, exist_ok=True)
 
     started = time.monotonic()
@@ -530,8 +647,10 @@ def main():
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release()},
+        "commit": git_commit(),
         "settings": {k: getattr(args, k) for k in ("runs", "messages", "concurrency", "delete_linger", "worker_env",
-                                                    "slow_messages", "slow_ms", "idle_seconds")},
+                                                    "worker_arg", "slow_messages", "slow_ms", "idle_seconds",
+                                                    "rtt_ms", "latency_messages", "latency_runs")},
     }
     idlers = []
     try:
@@ -552,6 +671,8 @@ def main():
             result["slow"] = {"runs": rows, "median": med, "ideal_s": ideal,
                               "wall_over_ideal": round(med["wall_s"] / ideal, 3),
                               "drain_over_ideal": round(med["drain_s"] / ideal, 3)}
+        if "latency" not in skip:
+            result["latency"] = latency(args, fq, env, args.kinds.split(","))
         if idlers:
             left = max(i.ready_at() for i in idlers) - time.monotonic()
             if left > 0:
@@ -568,8 +689,22 @@ def main():
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
+    if args.svg and "latency" in result:
+        with open(args.svg, "w") as f:
+            f.write(latency_svg(result["latency"]))
+        log(f"wrote {os.path.relpath(args.svg)}")
     print(report(result))
     log(f"wrote {os.path.relpath(args.json)} ({result['bench_seconds']} s)")
+
+
+def git_commit():
+    """The tree's commit (with -dirty for uncommitted changes), so runs before and after a change
+    can be told apart; None outside a git checkout."""
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return r.stdout.strip() or None
 
 
 def cpu_model():
@@ -612,7 +747,168 @@ def report(result):
             out.append(f"| {i['mode']} | {i['receives_per_min']:.1f} | {i['sqs_requests_per_min']:.1f} | "
                        f"{i['protection_calls_per_min']:.1f} | {i['protection_calls_total']} | "
                        f"{i['protection_calls_after_first_release']} |")
+    if "latency" in result:
+        out.append("")
+        out.append(latency_tables(result["latency"]))
     return "\n".join(out)
+
+
+def latency_tables(lat):
+    kinds = lat["kinds"]
+    n, ms, conc = lat["messages"], lat["slow_ms"], lat["concurrency"]
+    ideal = conc * 1000 / ms
+    runs = "median of {} runs".format(lat["runs"]) if lat["runs"] > 1 else "one run"
+    out = [f"Network distance: every consumer through the delay-proxy (half the round trip each way) to the "
+           f"same fauxqs, {n:,} messages per drain, {runs}. 0 ms = through the relay without delay; the "
+           f"loopback figures above are direct. Ideal for {ms} ms jobs: {conc} slots / {ms} ms = {ideal:,.0f} msg/s "
+           f"(sqs-consumer holds one batch of at most 10 at a time: its own ceiling is {10 * 1000 / ms:,.0f} msg/s).",
+           "",
+           "| round trip | " + " | ".join(f"{KIND_LABELS.get(k, k)}, {ms} ms jobs" for k in kinds) + " | "
+           + " | ".join(f"{KIND_LABELS.get(k, k)}, zero-length" for k in kinds) + " |",
+           "|---|" + "---:|" * (2 * len(kinds))]
+    for e in lat["by_rtt"]:
+        slow, zero = e["slow"]["median"], e["zero"]["median"]
+        cells = [f"{fmt(slow[k]['msgs_per_s'], '{:,.0f}')} ({fmt(slow[k]['share_of_ideal'], '{:.0%}')})"
+                 for k in kinds]
+        cells += [fmt(zero[k]["msgs_per_s"], "{:,.0f}") for k in kinds]
+        out.append(f"| {e['rtt_ms']:g} ms (measured +{e['measured_added_rtt_ms']:.1f}) | " + " | ".join(cells) + " |")
+    out.append("(msg/s; in brackets the share of the ideal)")
+    for e in lat["by_rtt"]:
+        out.append("")
+        out.append(latency_table(e, kinds, n, ms, conc))
+    return "\n".join(out)
+
+
+def fmt(v, spec):
+    return "—" if v is None else spec.format(v)
+
+
+def latency_table(e, kinds, n, ms, conc):
+    slow, zero = e["slow"]["median"], e["zero"]["median"]
+    w = "queue-worker"
+    others = [k for k in ("sqs-consumer:message", "sqs-consumer:batch") if k in kinds and k != w]
+    if w not in kinds:
+        others = []
+    head = "| | " + " | ".join([KIND_LABELS.get(k, k) for k in kinds]
+                               + [f"vs {KIND_LABELS[k].split(' ', 1)[1]}" for k in others]) + " |"
+    cols = len(kinds) + len(others)
+    lines = [f"Round trip {e['rtt_ms']:g} ms ({e['delay_each_way_us'] / 1000:g} ms each way; measured "
+             f"+{e['measured_added_rtt_ms']:.1f} ms per exchange; relay: {e['relay']['connections']} connections)",
+             "", head, "|---|" + "---:|" * cols]
+
+    def row(label, src, key, spec, scale=1.0, ratio=True):
+        vals = [src[k].get(key) for k in kinds]
+        cells = [fmt(None if v is None else v * scale, spec) for v in vals]
+        if w in kinds:
+            mine = src[w].get(key)
+            cells += [fmt_ratio(mine, src[k].get(key)) if ratio else "" for k in others]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row(f"{n:,} × {ms} ms jobs at concurrency {conc}: msg/s", slow, "msgs_per_s", "{:,.0f}")
+    row("share of the ideal", slow, "share_of_ideal", "{:.0%}")
+    row(f"{n:,} zero-length jobs: msg/s", zero, "msgs_per_s", "{:,.0f}")
+    lines.append(f"| emulator CPU, share of a core (saturated from {SATURATED:.0%}) | " + " | ".join(
+        fmt(zero[k]["fauxqs_cpu_share"], "{:.0%}") + (", saturated" if zero[k]["emulator_saturated"] else "")
+        for k in kinds) + " |" + " |" * (cols - len(kinds)))
+    row("relay CPU (share of a core)", zero, "relay_cpu_share", "{:.0%}", ratio=False)
+    row(f"SQS requests per 1,000 msg ({ms} ms jobs)", slow, "sqs_requests_per_1000", "{:,.1f}")
+    row("SQS requests per 1,000 msg (zero-length)", zero, "sqs_requests_per_1000", "{:,.1f}")
+    row(f"peak RSS, MB ({ms} ms jobs)", slow, "peak_rss_kb", "{:.1f}", scale=1 / 1024)
+    row("peak RSS, MB (zero-length)", zero, "peak_rss_kb", "{:.1f}", scale=1 / 1024)
+    row(f"CPU per message, µs ({ms} ms jobs)", slow, "cpu_us_per_msg", "{:,.1f}")
+    row("CPU per message, µs (zero-length)", zero, "cpu_us_per_msg", "{:,.1f}")
+    row("messages handled twice (both drains)", {k: {"d": add(slow[k]["duplicates"], zero[k]["duplicates"])}
+                                                 for k in kinds}, "d", "{:.0f}", ratio=False)
+    return "\n".join(lines)
+
+
+def add(a, b):
+    return None if a is None or b is None else a + b
+
+
+# ---------------------------------------------------------------------------------------------
+# picture
+
+
+SVG_COLORS = {"queue-worker": "#1f6fb4", "sqs-consumer:message": "#d9622b", "sqs-consumer:batch": "#3a9a48"}
+
+
+def latency_svg(lat):
+    """Two panels side by side, msg/s against round trip, one line per consumer: 200 ms jobs
+    (linear, with the ideal) and zero-length jobs (logarithmic: the rates differ by 10-100×)."""
+    kinds, rtts = lat["kinds"], [e["rtt_ms"] for e in lat["by_rtt"]]
+    W, H, pw, ph, top, left, gap = 960, 430, 360, 270, 70, 80, 120
+    x_max = max(rtts) if max(rtts) > 0 else 1.0
+    esc = lambda t: t.replace("&", "&amp;").replace("<", "&lt;")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+             'font-family="sans-serif" font-size="12">',
+             f'<rect width="{W}" height="{H}" fill="white"/>',
+             f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="16">Throughput against network round trip '
+             f'({lat["messages"]:,} messages per drain, concurrency {lat["concurrency"]}, fauxqs behind the delay-proxy)</text>']
+
+    def panel(x0, title, scenario, log_scale, ideal=None):
+        vals = [e[scenario]["median"][k]["msgs_per_s"] for e in lat["by_rtt"] for k in kinds]
+        vals = [v for v in vals if v]
+        hi = max(vals + ([ideal] if ideal else []) + [1.0])
+        if log_scale:
+            lo_t, hi_t = 10 ** int(math.floor(math.log10(max(min(vals), 1.0)))), 10 ** math.ceil(math.log10(hi))
+            ticks = [10 ** i for i in range(int(math.log10(lo_t)), int(math.log10(hi_t)) + 1)]
+            y = lambda v: top + ph - ph * (math.log10(max(v, lo_t)) - math.log10(lo_t)) / (math.log10(hi_t) - math.log10(lo_t))
+        else:
+            step = nice_step(hi / 5)
+            hi_t = step * math.ceil(hi * 1.05 / step)
+            ticks = [step * i for i in range(int(hi_t / step) + 1)]
+            y = lambda v: top + ph - ph * v / hi_t
+        x = lambda r: x0 + pw * r / x_max if x_max else x0
+        parts.append(f'<text x="{x0 + pw / 2}" y="{top - 14}" text-anchor="middle" font-size="14">{esc(title)}</text>')
+        parts.append(f'<rect x="{x0}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+        for t in ticks:
+            parts.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e4e4e4"/>')
+            parts.append(f'<text x="{x0 - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t:,.0f}</text>')
+        for r in sorted(set([0.0] + rtts)):
+            parts.append(f'<text x="{x(r):.1f}" y="{top + ph + 18}" text-anchor="middle">{r:g}</text>')
+        parts.append(f'<text x="{x0 + pw / 2}" y="{top + ph + 38}" text-anchor="middle">round trip (ms)</text>')
+        parts.append(f'<text x="{x0 - 58}" y="{top + ph / 2}" text-anchor="middle" '
+                     f'transform="rotate(-90 {x0 - 58} {top + ph / 2})">msg/s{" (log scale)" if log_scale else ""}</text>')
+        if ideal:
+            parts.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{y(ideal):.1f}" y2="{y(ideal):.1f}" stroke="#555" '
+                         'stroke-dasharray="5,4"/>')
+            parts.append(f'<text x="{x0 + pw - 4}" y="{y(ideal) - 5:.1f}" text-anchor="end" fill="#555">'
+                         f'ideal {ideal:,.0f} msg/s</text>')
+        labels = {}  # x -> [(y, value, colour)], spread apart below so close values stay legible
+        for k in kinds:
+            pts = [(x(e["rtt_ms"]), y(e[scenario]["median"][k]["msgs_per_s"]), e[scenario]["median"][k]["msgs_per_s"])
+                   for e in lat["by_rtt"] if e[scenario]["median"][k]["msgs_per_s"]]
+            c = SVG_COLORS.get(k, "#000")
+            if len(pts) > 1:
+                parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
+                             + " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in pts) + '"/>')
+            for px, py, v in pts:
+                parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{c}"/>')
+                labels.setdefault(px, []).append((py, v, c))
+        for px, ls in labels.items():
+            last = None
+            for py, v, c in sorted(ls, reverse=True):  # from the bottom up
+                ly = py - 6 if last is None else min(py - 6, last - 12)
+                parts.append(f'<text x="{px + 6:.1f}" y="{ly:.1f}" fill="{c}" font-size="11">{v:,.0f}</text>')
+                last = ly
+
+    panel(left, f"{lat['slow_ms']} ms jobs", "slow", False, ideal=lat["concurrency"] * 1000 / lat["slow_ms"])
+    panel(left + pw + gap, "zero-length jobs", "zero", True)
+    lx = left
+    for k in kinds:
+        c = SVG_COLORS.get(k, "#000")
+        parts.append(f'<line x1="{lx}" x2="{lx + 24}" y1="{H - 22}" y2="{H - 22}" stroke="{c}" stroke-width="2"/>')
+        parts.append(f'<text x="{lx + 30}" y="{H - 18}">{esc(KIND_LABELS.get(k, k))}</text>')
+        lx += 60 + 7 * len(KIND_LABELS.get(k, k))
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def nice_step(raw):
+    """1, 2 or 5 times a power of ten, at least `raw`."""
+    p = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    return next(m * p for m in (1, 2, 5, 10) if m * p >= raw)
 
 
 if __name__ == "__main__":

@@ -2,24 +2,43 @@
 # The benchmark (issue 6): queue-worker against sqs-consumer on one fauxqs instance, loopback only.
 #
 #   scripts/bench.sh               full run: 20,000 zero-length jobs x 3 runs, 200 ms scenario,
-#                                  idle workers alongside (about 2-3 minutes)
-#   scripts/bench.sh --quick       smoke run: 2,000 jobs, 1 run, 20 s idle (about a minute)
+#                                  idle workers alongside; then network distance: at 0, 20 and
+#                                  40 ms round trip, 3,000 jobs of 200 ms and 3,000 zero-length
+#                                  jobs for every consumer (about 15 minutes)
+#   scripts/bench.sh --quick       smoke run: 2,000 jobs, 1 run, 20 s idle; 500 jobs at 40 ms
+#                                  round trip only (about a minute and a half); its results go
+#                                  to .run/bench/quick.json and .run/bench/latency-quick.svg
 #   scripts/bench.sh [--runs N] [--messages N] [--concurrency N] [--idle-seconds S]
-#                    [--delete-linger 20ms] [--worker-env KEY=VALUE]... [--skip compare,slow,idle]
+#                    [--rtt-ms 0,20,40] [--latency-messages N] [--latency-runs N]
+#                    [--delete-linger 20ms] [--worker-env KEY=VALUE]... [--worker-arg ARG]...
+#                    [--worker-bin PATH] [--skip compare,slow,idle,latency]
+#
+# Network distance: the test kit's delay-proxy sits between the consumers and fauxqs, half the
+# round trip each way (0 ms: through the relay without delay; the loopback runs go direct).
+# --worker-env / --worker-arg reach `queue-worker run` in every drain; --worker-bin runs another
+# build of the worker (the default is this tree's release build).
 #
 # Installs what it needs (scripts/setup.sh for Node 22 + fauxqs; sqs-consumer from
 # bench/package-lock.json into .tools/bench with npm ci), builds the release binary and the
-# test kit's agent-double, then runs bench/bench.py. Prints a table; writes bench/results/latest.json
-# and keeps each consumer's log under .run/bench/.
+# test kit's agent-double and delay-proxy, then runs bench/bench.py. Prints tables; writes
+# bench/results/latest.json and bench/results/latency.svg (not --quick), and keeps each
+# consumer's log under .run/bench/.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
 args=()
+# The committed results are the full run's: a smoke run writes beside its logs instead.
+json_out=bench/results/latest.json
+svg_out=bench/results/latency.svg
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) args+=(--runs 1 --messages 2000 --idle-seconds 20) ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --quick)
+      args+=(--runs 1 --messages 2000 --idle-seconds 20 --rtt-ms 40 --latency-messages 500)
+      json_out="$RUN_DIR/bench/quick.json"
+      svg_out="$RUN_DIR/bench/latency-quick.svg"
+      ;;
+    -h|--help) usage; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift
@@ -57,8 +76,8 @@ step "installing Node 22, fauxqs and sqs-consumer in the background (log: ${tool
 install_tools >"$tools_log" 2>&1 &
 tools_pid=$!
 
-step "cargo build --release (queue-worker, and the test kit's agent-double)"
-if ! cargo build --release --locked --workspace --bin queue-worker --bin agent-double; then
+step "cargo build --release (queue-worker, and the test kit's agent-double and delay-proxy)"
+if ! cargo build --release --locked --workspace --bin queue-worker --bin agent-double --bin delay-proxy; then
   wait "$tools_pid" || true
   die "cargo build --release failed (see cargo's messages above)"
 fi
@@ -74,9 +93,11 @@ step "running the benchmark"
 python3 bench/bench.py \
   --worker-bin "$TARGET_DIR/release/queue-worker" \
   --agent-bin "$TARGET_DIR/release/agent-double" \
+  --delay-proxy-bin "$TARGET_DIR/release/delay-proxy" \
   --node "$NODE22" \
   --fauxqs-server "$FAUXQS_SERVER" \
   --consumer-js "$BENCH_HOME/sqs-consumer.mjs" \
   --out-dir "$RUN_DIR/bench" \
-  --json bench/results/latest.json \
+  --json "$json_out" \
+  --svg "$svg_out" \
   "${args[@]}"

@@ -29,26 +29,24 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::killable::{ConnAddr, KillableListener};
 
 /// The agent's HTTP server write timeout (`writeTimeout` in the agent's task server setup):
 /// a response not written within 5 s is never written.
@@ -910,114 +908,6 @@ fn rfc3339(t: SystemTime) -> String {
             }
         }
         None => s,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connections that a handler can drop without answering
-
-/// A TCP listener whose connections a handler can kill, to model "no response at all".
-struct KillableListener(TcpListener);
-
-/// Per-connection info handed to handlers through `ConnectInfo`.
-#[derive(Clone, Debug)]
-struct ConnAddr {
-    killed: Arc<AtomicBool>,
-}
-
-impl ConnAddr {
-    /// Marks the connection dead; hyper's write of the returned placeholder fails and the
-    /// connection is closed, so the client sees no status line at all.
-    fn drop_connection(&self) -> Response {
-        self.killed.store(true, Ordering::SeqCst);
-        StatusCode::SERVICE_UNAVAILABLE.into_response()
-    }
-}
-
-impl Connected<IncomingStream<'_, KillableListener>> for ConnAddr {
-    fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-impl Listener for KillableListener {
-    type Io = KillableStream;
-    type Addr = ConnAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, _)) => {
-                    let killed = Arc::new(AtomicBool::new(false));
-                    let io = KillableStream {
-                        inner: stream,
-                        killed: killed.clone(),
-                    };
-                    return (io, ConnAddr { killed });
-                }
-                Err(error) => {
-                    // Like axum's own loop: transient accept errors (EMFILE...) must not kill
-                    // the server.
-                    tracing::debug!(%error, "agent double: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ConnAddr {
-            killed: Arc::new(AtomicBool::new(false)),
-        })
-    }
-}
-
-struct KillableStream {
-    inner: TcpStream,
-    killed: Arc<AtomicBool>,
-}
-
-impl KillableStream {
-    fn check(&self) -> std::io::Result<()> {
-        if self.killed.load(Ordering::SeqCst) {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "agent double dropped the connection",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl AsyncRead for KillableStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

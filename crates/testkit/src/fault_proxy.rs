@@ -11,9 +11,9 @@
 //! before it is forwarded and reported in the reply's `Failed` list, so the reply is faithful —
 //! an entry reported failed really was not applied.
 //!
-//! The HTTP/1.1 side is hand-rolled on a raw [`TcpListener`] (keep-alive, `Content-Length` and
-//! chunked bodies, `Expect: 100-continue`): it is the simplest way to close a connection in the
-//! middle of an exchange, which is exactly what two of the faults need.
+//! The HTTP side is axum (hyper) on the same [`KillableListener`] as the agent double: the two
+//! faults that close a connection in the middle of an exchange kill it from the handler
+//! ([`ConnAddr::drop_connection`]), so the client reads EOF where it expected a status line.
 //!
 //! Besides counts of requests and faults ([`FaultProxy::counts`]), the proxy keeps a ledger of
 //! the deletes the upstream accepted, each tied to the `ReceiveMessage` answer that handed out its
@@ -26,19 +26,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-/// Longest request line or header line accepted (a sane HTTP server's limit; SQS sends short ones).
-const MAX_HEAD_LINE: u64 = 16 * 1024;
-/// Most header lines in one request.
-const MAX_HEADERS: usize = 100;
+use crate::killable::{ConnAddr, KillableListener};
+use crate::tasks::Tasks;
+
 /// Largest request body accepted: a 1 MiB SQS message, JSON-escaped, in a batch of 10, with room.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 /// How long [`FaultProxy::shutdown`] waits for connections to finish before giving up on them.
@@ -58,7 +60,7 @@ pub const WORKER_OPERATIONS: &[&str] = &[
     "SendMessageBatch",
 ];
 
-/// Why the proxy could not start or serve.
+/// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("fault shares are invalid: {0}; each share must be in 0..=1 and together at most 1")]
@@ -69,10 +71,6 @@ pub enum ProxyError {
     Bind(std::io::Error),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(reqwest::Error),
-    #[error("connection i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed HTTP request: {0}")]
-    Malformed(String),
 }
 
 /// The kinds of fault the proxy injects.
@@ -277,7 +275,7 @@ pub struct AcceptedDelete {
 pub struct FaultProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    tracker: TaskTracker,
+    tasks: Tasks,
 }
 
 struct Shared {
@@ -358,11 +356,12 @@ impl FaultProxy {
             .timeout(config.upstream_timeout)
             .build()
             .map_err(ProxyError::Client)?;
+        let tasks = Tasks::default();
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             http,
             active: AtomicBool::new(true),
-            cancel: CancellationToken::new(),
+            cancel: tasks.token(),
             state: Mutex::new(State {
                 rng: fastrand::Rng::with_seed(config.seed),
                 throttle_flip: false,
@@ -372,13 +371,31 @@ impl FaultProxy {
             }),
             config,
         });
-        let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+        let app = Router::new()
+            .fallback(serve_request)
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(shared.clone());
+        let on_accept = shared.clone();
+        let listener = KillableListener(listener).tap_io(move |io| {
+            // Small request/answer exchanges: don't let Nagle hold them back.
+            let _ = io.tcp().set_nodelay(true);
+            on_accept.state().counts.connections += 1;
+        });
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<ConnAddr>(),
+        )
+        .with_graceful_shutdown(shared.cancel.clone().cancelled_owned());
+        tasks.spawn(async move {
+            if let Err(error) = server.await {
+                tracing::debug!(%error, "fault proxy server failed");
+            }
+        });
         tracing::debug!(%addr, upstream, "fault proxy listening");
         Ok(FaultProxy {
             addr,
             shared,
-            tracker,
+            tasks,
         })
     }
 
@@ -405,156 +422,112 @@ impl FaultProxy {
         self.shared.state().deletes.clone()
     }
 
-    /// Stops accepting, cuts open connections and waits (bounded) for their tasks.
+    /// Stops accepting, cuts open exchanges and waits (bounded) for the server to stop. A proxy
+    /// dropped without it still stops.
     pub async fn shutdown(self) {
-        self.shared.cancel.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("fault proxy connections did not stop in time");
-        }
+        self.tasks.stop(SHUTDOWN_GRACE, "fault proxy").await;
     }
 }
 
-impl Drop for FaultProxy {
-    /// A proxy dropped without `shutdown()` still stops (a signal only, no I/O here).
-    fn drop(&mut self) {
-        self.shared.cancel.cancel();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shared.cancel.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                shared.state().counts.connections += 1;
-                let shared = shared.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = serve_connection(stream, &shared).await {
-                        tracing::debug!(error = %e, "fault proxy connection ended");
-                    }
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: pause instead of spinning.
-                tracing::debug!(error = %e, "fault proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// One parsed request.
-#[derive(Debug)]
+/// One request, as read by hyper.
 struct Request {
-    method: String,
+    method: Method,
+    /// Path and query, as sent.
     target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The client asked to close after this exchange (or speaks HTTP/1.0).
-    close: bool,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     /// `AmazonSQS.ReceiveMessage` → `ReceiveMessage`.
     fn operation(&self) -> String {
-        self.header("x-amz-target")
+        self.headers
+            .get("x-amz-target")
+            .and_then(|t| t.to_str().ok())
             .and_then(|t| t.rsplit_once('.').map(|(_, op)| op.to_string()))
             .unwrap_or_else(|| "unknown".into())
     }
 }
 
-/// An answer to write back.
-struct Response {
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
+/// An answer to send back: the upstream's, or one the proxy makes up.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
-impl Response {
-    fn aws_error(status: u16, code: &str, message: &str, query_error: Option<&str>) -> Self {
-        let mut headers = vec![
-            ("content-type".to_string(), AMZ_JSON.as_bytes().to_vec()),
-            (
-                "x-amzn-requestid".to_string(),
-                format!("fault-{:016x}", fastrand::u64(..)).into_bytes(),
-            ),
-        ];
+impl Answer {
+    fn aws_error(
+        status: StatusCode,
+        code: &str,
+        message: &str,
+        query_error: Option<&'static str>,
+    ) -> Self {
+        let mut answer = Answer::json(status, &json!({ "__type": code, "message": message }));
+        if let Ok(id) = HeaderValue::from_str(&format!("fault-{:016x}", fastrand::u64(..))) {
+            answer
+                .headers
+                .insert(HeaderName::from_static("x-amzn-requestid"), id);
+        }
         if let Some(q) = query_error {
-            headers.push(("x-amzn-query-error".to_string(), q.as_bytes().to_vec()));
+            answer.headers.insert(
+                HeaderName::from_static("x-amzn-query-error"),
+                HeaderValue::from_static(q),
+            );
         }
-        Response {
-            status,
-            headers,
-            body: json!({ "__type": code, "message": message })
-                .to_string()
-                .into_bytes(),
-        }
+        answer
     }
 
-    fn json(status: u16, body: &Value) -> Self {
-        Response {
+    fn json(status: StatusCode, body: &Value) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
+        Answer {
             status,
-            headers: vec![("content-type".to_string(), AMZ_JSON.as_bytes().to_vec())],
-            body: body.to_string().into_bytes(),
+            headers,
+            body: Bytes::from(body.to_string()),
         }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        // hyper adds the framing (content-length) for the body as it is now.
+        (self.status, self.headers, self.body).into_response()
     }
 }
 
 /// What to do with one exchange.
 enum Action {
-    Reply(Response),
+    Reply(Answer),
     /// Close the connection without answering.
     Close,
 }
 
-async fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<(), ProxyError> {
-    // Small request/answer exchanges: don't let Nagle hold them back.
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    loop {
-        let request = tokio::select! {
-            r = read_request(&mut read, &mut write) => r,
-            _ = shared.cancel.cancelled() => return Ok(()),
-        };
-        let request = match request {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(ProxyError::Malformed(m)) => {
-                let answer = Response::aws_error(400, "MalformedRequest", &m, None);
-                write_response(&mut write, &answer, true).await?;
-                return Err(ProxyError::Malformed(m));
-            }
-            Err(e) => return Err(e),
-        };
-        let close = request.close;
-        let action = tokio::select! {
-            a = handle(shared, request) => a,
-            _ = shared.cancel.cancelled() => return Ok(()),
-        };
-        match action {
-            Action::Reply(answer) => {
-                write_response(&mut write, &answer, close).await?;
-                if close {
-                    return Ok(());
-                }
-            }
-            Action::Close => return Ok(()),
-        }
+/// Every request, whatever its method and path, goes through here.
+async fn serve_request(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = Request {
+        method,
+        target: uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        headers,
+        body,
+    };
+    let action = tokio::select! {
+        a = handle(&shared, request) => a,
+        // Shutting down: cut the exchange, as a dying server would.
+        () = shared.cancel.cancelled() => Action::Close,
+    };
+    match action {
+        Action::Reply(answer) => answer.into_response(),
+        Action::Close => conn.drop_connection(),
     }
 }
 
@@ -564,48 +537,9 @@ async fn handle(shared: &Shared, request: Request) -> Action {
         return Action::Reply(forward(shared, &op, &request, None).await);
     };
     match kind {
-        FaultKind::ServerError => {
+        FaultKind::ServerError | FaultKind::Unavailable | FaultKind::Throttled => {
             shared.record_fault(&op, kind);
-            Action::Reply(Response::aws_error(
-                500,
-                "com.amazonaws.sqs#InternalError",
-                "We encountered an internal error. Please try again. (injected)",
-                Some("InternalError;Receiver"),
-            ))
-        }
-        FaultKind::Unavailable => {
-            shared.record_fault(&op, kind);
-            Action::Reply(Response::aws_error(
-                503,
-                "com.amazonaws.sqs#ServiceUnavailable",
-                "Service is unavailable. Try again later. (injected)",
-                Some("ServiceUnavailable;Receiver"),
-            ))
-        }
-        FaultKind::Throttled => {
-            shared.record_fault(&op, kind);
-            let flip = {
-                let mut st = shared.state();
-                st.throttle_flip = !st.throttle_flip;
-                st.throttle_flip
-            };
-            // SQS's own modelled error, and the generic one AWS front ends answer with; the SDK
-            // classifies both codes as throttling (retried with backoff).
-            Action::Reply(if flip {
-                Response::aws_error(
-                    400,
-                    "com.amazonaws.sqs#RequestThrottled",
-                    "Request is throttled. (injected)",
-                    Some("RequestThrottled;Sender"),
-                )
-            } else {
-                Response::aws_error(
-                    400,
-                    "com.amazon.coral.availability#ThrottlingException",
-                    "Rate exceeded (injected)",
-                    None,
-                )
-            })
+            Action::Reply(injected_error(shared, kind))
         }
         FaultKind::Slow => {
             shared.record_fault(&op, kind);
@@ -640,10 +574,48 @@ async fn handle(shared: &Shared, request: Request) -> Action {
     }
 }
 
+/// The answer of an error fault, as SQS (or the AWS front end before it) gives it.
+fn injected_error(shared: &Shared, kind: FaultKind) -> Answer {
+    let throttle_flip = || {
+        let mut st = shared.state();
+        st.throttle_flip = !st.throttle_flip;
+        st.throttle_flip
+    };
+    let (status, code, message, query_error) = match kind {
+        FaultKind::ServerError => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "com.amazonaws.sqs#InternalError",
+            "We encountered an internal error. Please try again. (injected)",
+            Some("InternalError;Receiver"),
+        ),
+        FaultKind::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "com.amazonaws.sqs#ServiceUnavailable",
+            "Service is unavailable. Try again later. (injected)",
+            Some("ServiceUnavailable;Receiver"),
+        ),
+        // SQS's own modelled error, and the generic one AWS front ends answer with; the SDK
+        // classifies both codes as throttling (retried with backoff).
+        _ if throttle_flip() => (
+            StatusCode::BAD_REQUEST,
+            "com.amazonaws.sqs#RequestThrottled",
+            "Request is throttled. (injected)",
+            Some("RequestThrottled;Sender"),
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "com.amazon.coral.availability#ThrottlingException",
+            "Rate exceeded (injected)",
+            None,
+        ),
+    };
+    Answer::aws_error(status, code, message, query_error)
+}
+
 /// A batch request split into what is forwarded and what is reported failed.
 struct Split {
     /// The request body with the failed entries removed; `None` when every entry failed.
-    forwarded: Option<Vec<u8>>,
+    forwarded: Option<Bytes>,
     /// Ids of the entries reported failed.
     failed: Vec<String>,
 }
@@ -678,7 +650,7 @@ fn split_batch(shared: &Shared, body: &[u8]) -> Option<Split> {
         None
     } else {
         *entries = kept;
-        Some(v.to_string().into_bytes())
+        Some(Bytes::from(v.to_string()))
     };
     Some(Split { forwarded, failed })
 }
@@ -692,14 +664,17 @@ fn failed_entry(id: &str) -> Value {
     })
 }
 
-async fn partial_batch(shared: &Shared, op: &str, request: &Request, split: Split) -> Response {
+async fn partial_batch(shared: &Shared, op: &str, request: &Request, split: Split) -> Answer {
     let failed: Vec<Value> = split.failed.iter().map(|id| failed_entry(id)).collect();
     let Some(body) = split.forwarded else {
         // Nothing left to forward (SQS rejects an empty batch): answer for the server.
-        return Response::json(200, &json!({ "Successful": [], "Failed": failed }));
+        return Answer::json(
+            StatusCode::OK,
+            &json!({ "Successful": [], "Failed": failed }),
+        );
     };
     let mut answer = forward(shared, op, request, Some(body)).await;
-    if answer.status != 200 {
+    if answer.status != StatusCode::OK {
         // The forwarded part failed as a whole: that answer already covers every entry.
         return answer;
     }
@@ -712,11 +687,9 @@ async fn partial_batch(shared: &Shared, op: &str, request: &Request, split: Spli
             arr.extend(failed);
         }
     }
-    answer.body = v.to_string().into_bytes();
+    answer.body = Bytes::from(v.to_string());
     // The body changed: a checksum of the old one would now be wrong.
-    answer
-        .headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("x-amz-crc32"));
+    answer.headers.remove("x-amz-crc32");
     answer
 }
 
@@ -739,37 +712,21 @@ fn hop_by_hop(name: &str) -> bool {
 
 /// Forwards `request` (with `body` instead of its own when given), records what the answer
 /// says about receipts and deletes, and returns the answer (502 when the upstream failed).
-async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Vec<u8>>) -> Response {
+async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Bytes>) -> Answer {
     let sent_body = body.unwrap_or_else(|| request.body.clone());
-    let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            return Response::aws_error(
-                400,
-                "MalformedRequest",
-                &format!("unknown method {}", request.method),
-                None,
-            )
-        }
-    };
     let url = format!("{}{}", shared.upstream, request.target);
-    let mut req = shared.http.request(method, url).body(sent_body.clone());
-    for (k, v) in &request.headers {
-        if !hop_by_hop(k) {
-            req = req.header(k.as_str(), v.as_str());
-        }
-    }
     let result = async {
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let headers: Vec<(String, Vec<u8>)> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| !hop_by_hop(k.as_str()))
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        let body = resp.bytes().await?.to_vec();
-        Ok::<_, reqwest::Error>(Response {
+        let resp = shared
+            .http
+            .request(request.method.clone(), url)
+            .headers(end_to_end(&request.headers))
+            .body(sent_body.clone())
+            .send()
+            .await?;
+        let status = resp.status();
+        let headers = end_to_end(resp.headers());
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>(Answer {
             status,
             headers,
             body,
@@ -778,7 +735,7 @@ async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Vec<
     .await;
     match result {
         Ok(answer) => {
-            if answer.status == 200 {
+            if answer.status == StatusCode::OK {
                 record_effects(shared, op, &sent_body, &answer.body);
             }
             answer
@@ -786,14 +743,22 @@ async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Vec<
         Err(e) => {
             shared.state().counts.upstream_errors += 1;
             tracing::debug!(error = %e, op, "fault proxy: upstream failed");
-            Response::aws_error(
-                502,
+            Answer::aws_error(
+                StatusCode::BAD_GATEWAY,
                 "BadGateway",
                 &format!("fault proxy: upstream failed: {e}"),
                 None,
             )
         }
     }
+}
+
+/// The headers of `map` that describe the message, not the hop.
+fn end_to_end(map: &HeaderMap) -> HeaderMap {
+    map.iter()
+        .filter(|(k, _)| !hop_by_hop(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Keeps the ledger: receipt handles handed out by receives, deletes accepted upstream.
@@ -880,178 +845,37 @@ fn accept_delete(st: &mut State, receipt: &str) {
     });
 }
 
-/// Reads one line (up to [`MAX_HEAD_LINE`]), without its line ending. `None` at a clean EOF.
-async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<String>, ProxyError> {
-    let mut buf = Vec::new();
-    let n = (&mut *r)
-        .take(MAX_HEAD_LINE)
-        .read_until(b'\n', &mut buf)
-        .await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if buf.last() != Some(&b'\n') {
-        return Err(ProxyError::Malformed("line too long or cut short".into()));
-    }
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-        buf.pop();
-    }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| ProxyError::Malformed("non-UTF-8 request head".into()))
-}
-
-/// Reads one request. `None` when the client closed the connection between requests.
-async fn read_request<R, W>(r: &mut R, w: &mut W) -> Result<Option<Request>, ProxyError>
-where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Tolerate blank lines before a request line (RFC 9112 §2.2).
-    let line = loop {
-        match read_line(r).await? {
-            None => return Ok(None),
-            Some(l) if l.is_empty() => continue,
-            Some(l) => break l,
-        }
-    };
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProxyError::Malformed(format!("request line {line:?}")));
-    };
-    let mut headers = Vec::new();
-    loop {
-        let Some(h) = read_line(r).await? else {
-            return Err(ProxyError::Malformed(
-                "connection closed in the headers".into(),
-            ));
-        };
-        if h.is_empty() {
-            break;
-        }
-        if headers.len() >= MAX_HEADERS {
-            return Err(ProxyError::Malformed("too many headers".into()));
-        }
-        let Some((k, v)) = h.split_once(':') else {
-            return Err(ProxyError::Malformed(format!("header line {h:?}")));
-        };
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut request = Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers,
-        body: Vec::new(),
-        close: false,
-    };
-    let connection = request
-        .header("connection")
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    request.close = if version == "HTTP/1.0" {
-        !connection.contains("keep-alive")
-    } else {
-        connection.contains("close")
-    };
-    if request
-        .header("expect")
-        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        w.flush().await?;
-    }
-    let chunked = request
-        .header("transfer-encoding")
-        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
-    request.body = if chunked {
-        read_chunked(r).await?
-    } else {
-        let len = match request.header("content-length") {
-            Some(l) => l
-                .parse::<usize>()
-                .map_err(|_| ProxyError::Malformed(format!("content-length {l:?}")))?,
-            None => 0,
-        };
-        if len > MAX_BODY {
-            return Err(ProxyError::Malformed(format!("body of {len} bytes")));
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).await?;
-        body
-    };
-    Ok(Some(request))
-}
-
-async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ProxyError> {
-    let mut body = Vec::new();
-    loop {
-        let Some(size_line) = read_line(r).await? else {
-            return Err(ProxyError::Malformed("connection closed in a chunk".into()));
-        };
-        let hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(hex, 16)
-            .map_err(|_| ProxyError::Malformed(format!("chunk size {size_line:?}")))?;
-        if size == 0 {
-            // Trailers, up to the blank line that ends the message.
-            while let Some(l) = read_line(r).await? {
-                if l.is_empty() {
-                    break;
-                }
-            }
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(ProxyError::Malformed("chunked body too large".into()));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..]).await?;
-        let mut crlf = [0u8; 2];
-        r.read_exact(&mut crlf).await?;
-        if &crlf != b"\r\n" {
-            return Err(ProxyError::Malformed("chunk not followed by CRLF".into()));
-        }
-    }
-}
-
-async fn write_response<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    answer: &Response,
-    close: bool,
-) -> Result<(), ProxyError> {
-    let reason = reqwest::StatusCode::from_u16(answer.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown");
-    let mut head = format!("HTTP/1.1 {} {reason}\r\n", answer.status).into_bytes();
-    for (k, v) in &answer.headers {
-        if hop_by_hop(k) {
-            continue;
-        }
-        head.extend_from_slice(k.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(v);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(format!("content-length: {}\r\n", answer.body.len()).as_bytes());
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    w.write_all(&head).await?;
-    w.write_all(&answer.body).await?;
-    w.flush().await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::routing::post;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-    /// A fake upstream: echoes the operation and entries it got, and records every body.
-    async fn upstream() -> (String, Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
+    /// A fake upstream (it echoes the operation and entries it got, and records every body) and
+    /// a client; the upstream stops when this is dropped.
+    struct Bed {
+        url: String,
+        seen: Arc<Mutex<Vec<Value>>>,
+        /// Goes straight to loopback, whatever HTTP_PROXY says.
+        http: reqwest::Client,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Bed {
+        /// The request bodies the upstream got.
+        fn seen(&self) -> MutexGuard<'_, Vec<Value>> {
+            self.seen.lock().expect("lock")
+        }
+    }
+
+    impl Drop for Bed {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    async fn bed() -> Bed {
         let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
         let seen2 = seen.clone();
         let app = axum::Router::new().route(
@@ -1089,18 +913,18 @@ mod tests {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        (format!("http://{addr}"), seen, task)
-    }
-
-    /// A test client that goes straight to loopback, whatever HTTP_PROXY says.
-    fn http() -> reqwest::Client {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client")
+        Bed {
+            url: format!("http://{addr}"),
+            seen,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+            server,
+        }
     }
 
     async fn call(
@@ -1121,6 +945,21 @@ mod tests {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// A proxy in front of `up`.
+    async fn proxy_with(up: &str, seed: u64, shares: Shares) -> FaultProxy {
+        FaultProxy::start(up, FaultConfig::new(seed, shares))
+            .await
+            .expect("start")
+    }
+
+    /// `DeleteMessage` of the receipt handle `r1`.
+    async fn delete_r1(
+        http: &reqwest::Client,
+        proxy: &FaultProxy,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        call(http, proxy, "DeleteMessage", json!({"ReceiptHandle": "r1"})).await
+    }
+
     fn batch(n: usize) -> Value {
         let entries: Vec<Value> = (0..n)
             .map(|i| json!({"Id": i.to_string(), "ReceiptHandle": format!("r{i}")}))
@@ -1130,10 +969,8 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_untouched_and_keeps_the_connection_alive() {
-        let (up, seen, task) = upstream().await;
-        let proxy = FaultProxy::start(&up, FaultConfig::new(1, Shares::NONE))
-            .await
-            .expect("start");
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 1, Shares::NONE).await;
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(1)
@@ -1146,28 +983,24 @@ mod tests {
             assert_eq!(status, 200);
             assert_eq!(v["Successful"].as_array().map(Vec::len), Some(3));
         }
-        assert_eq!(seen.lock().expect("lock").len(), 5);
+        assert_eq!(bed.seen().len(), 5);
         let counts = proxy.counts();
         assert_eq!(counts.requests.get("DeleteMessageBatch"), Some(&5));
         assert_eq!(counts.total_faults(), 0);
         assert_eq!(counts.connections, 1, "one connection, reused");
         proxy.shutdown().await;
-        task.abort();
     }
 
     #[tokio::test]
     async fn injected_errors_have_aws_shapes_and_are_not_forwarded() {
-        let (up, seen, task) = upstream().await;
-        let http = http();
+        let bed = bed().await;
         for (kind, status, code) in [
             (FaultKind::ServerError, 500, "InternalError"),
             (FaultKind::Unavailable, 503, "ServiceUnavailable"),
             (FaultKind::Throttled, 400, "RequestThrottled"),
         ] {
-            let proxy = FaultProxy::start(&up, FaultConfig::new(7, Shares::only(kind)))
-                .await
-                .expect("start");
-            let (s, v) = call(&http, &proxy, "ReceiveMessage", json!({}))
+            let proxy = proxy_with(&bed.url, 7, Shares::only(kind)).await;
+            let (s, v) = call(&bed.http, &proxy, "ReceiveMessage", json!({}))
                 .await
                 .expect("call");
             assert_eq!(s, status);
@@ -1177,58 +1010,31 @@ mod tests {
             );
             assert_eq!(proxy.counts().faults_of(kind), 1);
             // Set-up calls are not eligible by default.
-            let (s, _) = call(&http, &proxy, "CreateQueue", json!({}))
+            let (s, _) = call(&bed.http, &proxy, "CreateQueue", json!({}))
                 .await
                 .expect("call");
             assert_eq!(s, 200);
             proxy.shutdown().await;
         }
-        assert_eq!(
-            seen.lock().expect("lock").len(),
-            3,
-            "only CreateQueue got through"
-        );
-        task.abort();
+        assert_eq!(bed.seen().len(), 3, "only CreateQueue got through");
     }
 
     #[tokio::test]
     async fn dropped_requests_never_arrive_and_lost_replies_are_applied() {
-        let (up, seen, task) = upstream().await;
-        let http = http();
-        let proxy = FaultProxy::start(
-            &up,
-            FaultConfig::new(3, Shares::only(FaultKind::DroppedRequest)),
-        )
-        .await
-        .expect("start");
-        assert!(call(
-            &http,
-            &proxy,
-            "DeleteMessage",
-            json!({"ReceiptHandle": "r1"})
-        )
-        .await
-        .is_err());
-        assert!(seen.lock().expect("lock").is_empty());
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 3, Shares::only(FaultKind::DroppedRequest)).await;
+        assert!(delete_r1(&bed.http, &proxy).await.is_err());
+        assert!(bed.seen().is_empty());
         assert!(proxy.accepted_deletes().is_empty());
         proxy.shutdown().await;
 
-        let proxy = FaultProxy::start(&up, FaultConfig::new(3, Shares::only(FaultKind::LostReply)))
-            .await
-            .expect("start");
+        let proxy = proxy_with(&bed.url, 3, Shares::only(FaultKind::LostReply)).await;
         // The receive's answer is lost too, but the proxy saw it: the ledger knows r1 is m1.
-        assert!(call(&http, &proxy, "ReceiveMessage", json!({}))
+        assert!(call(&bed.http, &proxy, "ReceiveMessage", json!({}))
             .await
             .is_err());
-        assert!(call(
-            &http,
-            &proxy,
-            "DeleteMessage",
-            json!({"ReceiptHandle": "r1"})
-        )
-        .await
-        .is_err());
-        assert_eq!(seen.lock().expect("lock").len(), 2);
+        assert!(delete_r1(&bed.http, &proxy).await.is_err());
+        assert_eq!(bed.seen().len(), 2);
         assert_eq!(
             proxy.accepted_deletes(),
             vec![AcceptedDelete {
@@ -1239,23 +1045,16 @@ mod tests {
         );
         assert_eq!(proxy.counts().faults_of(FaultKind::LostReply), 2);
         proxy.shutdown().await;
-        task.abort();
     }
 
     #[tokio::test]
     async fn partial_batch_failures_are_faithful() {
-        let (up, seen, task) = upstream().await;
-        let http = http();
-        let proxy = FaultProxy::start(
-            &up,
-            FaultConfig::new(11, Shares::only(FaultKind::PartialBatch)),
-        )
-        .await
-        .expect("start");
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 11, Shares::only(FaultKind::PartialBatch)).await;
         let mut failed_total = 0;
         for _ in 0..20 {
-            seen.lock().expect("lock").clear();
-            let (s, v) = call(&http, &proxy, "ChangeMessageVisibilityBatch", batch(10))
+            bed.seen().clear();
+            let (s, v) = call(&bed.http, &proxy, "ChangeMessageVisibilityBatch", batch(10))
                 .await
                 .expect("call");
             assert_eq!(s, 200);
@@ -1271,9 +1070,8 @@ mod tests {
             assert!(!failed.is_empty(), "at least one entry fails");
             assert_eq!(ok.len() + failed.len(), 10);
             assert!(ok.is_disjoint(&failed));
-            let forwarded: BTreeSet<String> = seen
-                .lock()
-                .expect("lock")
+            let forwarded: BTreeSet<String> = bed
+                .seen()
                 .iter()
                 .flat_map(|b| b["Entries"].as_array().cloned().unwrap_or_default())
                 .filter_map(|e| e["Id"].as_str().map(str::to_string))
@@ -1296,7 +1094,7 @@ mod tests {
         );
         // A partial-batch draw on a non-batch operation passes through.
         let (s, _) = call(
-            &http,
+            &bed.http,
             &proxy,
             "DeleteMessage",
             json!({"ReceiptHandle": "r"}),
@@ -1305,13 +1103,11 @@ mod tests {
         .expect("call");
         assert_eq!(s, 200);
         proxy.shutdown().await;
-        task.abort();
     }
 
     #[tokio::test]
     async fn the_same_seed_draws_the_same_faults() {
-        let (up, _seen, task) = upstream().await;
-        let http = http();
+        let bed = bed().await;
         let shares = Shares {
             server_error: 0.2,
             unavailable: 0.2,
@@ -1320,12 +1116,10 @@ mod tests {
         };
         let mut runs = Vec::new();
         for _ in 0..2 {
-            let proxy = FaultProxy::start(&up, FaultConfig::new(42, shares))
-                .await
-                .expect("start");
+            let proxy = proxy_with(&bed.url, 42, shares).await;
             let mut statuses = Vec::new();
             for _ in 0..30 {
-                let (s, _) = call(&http, &proxy, "SendMessage", json!({}))
+                let (s, _) = call(&bed.http, &proxy, "SendMessage", json!({}))
                     .await
                     .expect("call");
                 statuses.push(s);
@@ -1335,7 +1129,6 @@ mod tests {
         }
         assert_eq!(runs[0], runs[1]);
         assert!(runs[0].contains(&200) && runs[0].iter().any(|s| *s != 200));
-        task.abort();
     }
 
     #[tokio::test]
@@ -1360,27 +1153,85 @@ mod tests {
         );
     }
 
+    /// Sends one request (asking to close after it) on a raw connection to the proxy.
+    async fn raw_exchange(proxy: &FaultProxy, op: &str, body: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(proxy.local_addr())
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: q\r\nX-Amz-Target: AmazonSQS.{op}\r\n\
+             Content-Type: {AMZ_JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        tcp
+    }
+
+    /// Everything the proxy sends until it closes (a reset counts as a close).
+    async fn read_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+            .await
+            .expect("the proxy closes the connection instead of hanging");
+        match read {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        got
+    }
+
     #[tokio::test]
-    async fn chunked_bodies_and_expect_continue_are_read() {
-        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let mut r = BufReader::new(&raw[..]);
-        let mut w = Vec::new();
-        let req = read_request(&mut r, &mut w)
+    async fn closing_faults_close_the_tcp_connection_before_any_answer_byte() {
+        let bed = bed().await;
+        for (kind, forwarded) in [(FaultKind::DroppedRequest, 0), (FaultKind::LostReply, 1)] {
+            bed.seen().clear();
+            let proxy = proxy_with(&bed.url, 5, Shares::only(kind)).await;
+            let mut tcp = raw_exchange(&proxy, "DeleteMessage", r#"{"ReceiptHandle":"r1"}"#).await;
+            let got = read_until_closed(&mut tcp).await;
+            assert!(
+                got.is_empty(),
+                "{}: no status line, not a byte: {:?}",
+                kind.as_str(),
+                String::from_utf8_lossy(&got)
+            );
+            assert_eq!(bed.seen().len(), forwarded, "{}", kind.as_str());
+            assert_eq!(proxy.counts().faults_of(kind), 1);
+            // An unfaulted exchange on the same proxy is answered normally.
+            proxy.set_active(false);
+            let mut tcp = raw_exchange(&proxy, "DeleteMessage", "{}").await;
+            let got = read_until_closed(&mut tcp).await;
+            assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
+            proxy.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_and_expect_continue_are_forwarded() {
+        let bed = bed().await;
+        let proxy = proxy_with(&bed.url, 1, Shares::NONE).await;
+        let mut tcp = TcpStream::connect(proxy.local_addr())
             .await
-            .expect("parse")
-            .expect("request");
-        assert_eq!(req.body, b"abcde");
-        assert!(!req.close);
-        assert!(w.starts_with(b"HTTP/1.1 100 Continue"));
-        let mut r = BufReader::new(&b"GET / HTTP/1.0\r\n\r\n"[..]);
-        let req = read_request(&mut r, &mut w)
+            .expect("connect");
+        tcp.write_all(
+            b"POST / HTTP/1.1\r\nHost: q\r\nX-Amz-Target: AmazonSQS.SendMessage\r\n\
+              Transfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("head");
+        // The body is sent only once the proxy asked for it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.expect("100 Continue");
+            head.push(byte[0]);
+        }
+        assert_eq!(head, b"HTTP/1.1 100 Continue\r\n\r\n");
+        tcp.write_all(b"4\r\n{\"Qu\r\na;x=y\r\neueUrl\":1}\r\n0\r\n\r\n")
             .await
-            .expect("parse")
-            .expect("req");
-        assert!(req.close, "HTTP/1.0 closes by default");
-        let mut r = BufReader::new(&b""[..]);
-        assert!(read_request(&mut r, &mut w).await.expect("eof").is_none());
-        let mut r = BufReader::new(&b"nonsense\r\n\r\n"[..]);
-        assert!(read_request(&mut r, &mut w).await.is_err());
+            .expect("chunks");
+        let got = read_until_closed(&mut tcp).await;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
+        assert_eq!(*bed.seen(), vec![json!({"QueueUrl": 1})]);
+        proxy.shutdown().await;
     }
 }

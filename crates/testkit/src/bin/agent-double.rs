@@ -21,7 +21,6 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::json;
 use testkit::agent_double::AgentDouble;
-use tokio::signal::unix::{signal, SignalKind};
 
 const CLUSTER: &str = "bench";
 const TASK_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/bench/0123456789abcdef";
@@ -50,33 +49,9 @@ async fn main() -> ExitCode {
     println!("ECS_AGENT_URI={}", task.agent_uri());
     println!("ECS_CONTAINER_METADATA_URI_V4={}", task.metadata_uri());
 
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            eprintln!("agent-double: cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    // tokio's io-std feature is not enabled in this crate: watch stdin from a plain thread.
-    // Anything written is ignored; EOF (or an error) ends the run.
-    let (eof_tx, stdin_eof) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 256];
-        let mut stdin = std::io::stdin().lock();
-        while let Ok(n) = std::io::Read::read(&mut stdin, &mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
-        let _ = eof_tx.send(());
-    });
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = stdin_eof => {}
+    if let Err(e) = testkit::cli::stop_requested().await {
+        eprintln!("agent-double: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
     }
 
     let calls = task.calls();
