@@ -259,6 +259,15 @@ def run(r: Report, endpoint: str, worker: Path, template: dict, tres: dict, tmp:
         resources = iam_check._as_list(st["Resource"])
         if any(a.startswith("sqs:") for a in iam_check._as_list(st["Action"])):
             r.check(f"{st.get('Sid')}: only on the stack's queue", resources == [queue_arn], str(resources))
+        elif iam_check._as_list(st["Action"]) == ["ecs:DescribeServices"]:
+            want = f"arn:aws:ecs:{REGION}:123456789012:service/{cluster_name}/{STACK}"
+            r.check(f"{st.get('Sid')}: only the stack's own service", resources == [want], str(resources))
+        elif iam_check._as_list(st["Action"]) == ["ecs:ListTasks"]:
+            # ListTasks has no resource type: "*", kept to this cluster by its ecs:cluster condition.
+            cluster_arn = f"arn:aws:ecs:{REGION}:123456789012:cluster/{cluster_name}"
+            condition = (st.get("Condition") or {}).get("ArnEquals", {}).get("ecs:cluster")
+            r.check(f"{st.get('Sid')}: any resource, only in this cluster (ecs:cluster)",
+                    resources == ["*"] and condition == cluster_arn, f"{resources} {condition}")
         else:
             want = f"arn:aws:ecs:{REGION}:123456789012:task/{cluster_name}/*"
             r.check(f"{st.get('Sid')}: only on this cluster's tasks", resources == [want], str(resources))
