@@ -33,7 +33,7 @@ use crate::yielding::{self, Lever, Yielding};
 use context::{Queue, Shared};
 use demand::Demand;
 pub(crate) use demand::RunningJobs;
-use poller::Poller;
+use poller::{lanes_for, Flow, Lane, Poller};
 
 /// After the shutdown deadline, how long the final calls (returns, deletes, release) may take.
 const CLEANUP_GRACE: Duration = Duration::from_secs(1);
@@ -237,9 +237,12 @@ async fn run_inner<H: Handler>(
     let jobs = TaskTracker::new();
     let abandon_poll = CancellationToken::new();
     let protector = Arc::new(protector);
+    // Each queue has one primary lane (its long poll) and, while messages flow, more lanes so
+    // that enough receives are in flight to fill the free slots when SQS is a round trip away.
+    let lanes_per_queue = lanes_for(config.concurrency);
     let demand = Arc::new(Demand::new(
         protector.clone(),
-        queues.len(),
+        queues.len() * lanes_per_queue,
         shared.running.clone(),
     ));
     // The yield signals: local ones always, the service's view where configured.
@@ -263,21 +266,30 @@ async fn run_inner<H: Handler>(
     let control = TaskTracker::new();
     let pollers = queues.len();
     let active = Arc::new(AtomicUsize::new(pollers));
-    for (slot, queue) in queues.into_iter().enumerate() {
-        let poller = Poller {
-            shared: shared.clone(),
-            queue,
-            slot,
-            pollers,
-            demand: demand.clone(),
-            sem: sem.clone(),
-            active: active.clone(),
-            yielding: yielding.clone(),
-            jobs: jobs.clone(),
-            shutdown: shutdown.clone(),
-            abandon_poll: abandon_poll.clone(),
-        };
-        control.spawn(poller.run());
+    for (q, queue) in queues.into_iter().enumerate() {
+        let flow = Arc::new(Flow::default());
+        for lane in 0..lanes_per_queue {
+            let poller = Poller {
+                shared: shared.clone(),
+                queue: queue.clone(),
+                lane: if lane == 0 {
+                    Lane::Primary { beat: q }
+                } else {
+                    Lane::Extra
+                },
+                slot: q * lanes_per_queue + lane,
+                pollers,
+                demand: demand.clone(),
+                sem: sem.clone(),
+                active: active.clone(),
+                flow: flow.clone(),
+                yielding: yielding.clone(),
+                jobs: jobs.clone(),
+                shutdown: shutdown.clone(),
+                abandon_poll: abandon_poll.clone(),
+            };
+            control.spawn(poller.run());
+        }
     }
     control.close();
     drop(demand);

@@ -1,12 +1,17 @@
 //! One queue's poll loop: take job slots, get protection as the [`ProtectPolicy`] says, receive
 //! at most as many messages as there are slots, and start a job per message; while the worker
 //! yields to ECS, take nothing and let protection go once the running jobs end.
+//!
+//! A queue has several *lanes* running this loop. The primary lane is the queue's long poll, the
+//! only one while the queue is quiet. While messages flow (a receive came back full), the extra
+//! lanes join in, each taking a whole batch of free slots before its receive is sent: with SQS a
+//! round trip away, one receive in flight can never fill more than 10 slots per round trip.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +35,35 @@ const COVER_MARGIN: Duration = Duration::from_secs(5);
 const BATCH_FILL_LINGER: Duration = Duration::from_millis(15);
 /// Backoff between failed receives.
 const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
+/// An extra lane's receive waits at most this long for messages: it only runs while messages
+/// flow, and must not tie up its slots in a long poll once the queue runs dry. (A wait of 0,
+/// short polling, samples only some of SQS's servers and comes back empty too often.)
+const EXTRA_LANE_WAIT: Duration = Duration::from_secs(1);
+
+/// Receive lanes per queue for `concurrency` slots: one per full batch of slots.
+pub(super) fn lanes_for(concurrency: usize) -> usize {
+    concurrency.div_ceil(SQS_MAX_RECEIVE_BATCH).max(1)
+}
+
+/// Whether a queue's messages are flowing: its last receive came back full.
+#[derive(Debug, Default)]
+pub(super) struct Flow(watch::Sender<bool>);
+
+impl Flow {
+    fn set(&self, flowing: bool) {
+        self.0
+            .send_if_modified(|f| std::mem::replace(f, flowing) != flowing);
+    }
+}
+
+/// Which of a queue's lanes a poller is.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lane {
+    /// The queue's long poll; `beat` is its place in the health beats.
+    Primary { beat: usize },
+    /// Joins in while messages flow, a whole batch of slots at a time.
+    Extra,
+}
 
 /// Waits for `fut`, or returns `None` if `cancel` fires first.
 pub(super) async fn or_cancel<T>(
@@ -61,6 +95,27 @@ async fn take_permits(sem: &Arc<Semaphore>, max: usize, busy: bool) -> Vec<Owned
             Err(_) => break,
         }
     }
+    permits
+}
+
+/// Takes a whole batch of permits (an extra lane's receive asks for a full batch or nothing).
+async fn take_batch(sem: &Arc<Semaphore>) -> Vec<OwnedSemaphorePermit> {
+    let Ok(mut batch) = sem
+        .clone()
+        .acquire_many_owned(SQS_MAX_RECEIVE_BATCH as u32)
+        .await
+    else {
+        return Vec::new();
+    };
+    // One permit per message: each job gives its own slot back when it ends.
+    let mut permits = Vec::with_capacity(SQS_MAX_RECEIVE_BATCH);
+    while batch.num_permits() > 1 {
+        match batch.split(1) {
+            Some(one) => permits.push(one),
+            None => break,
+        }
+    }
+    permits.push(batch);
     permits
 }
 
@@ -106,12 +161,15 @@ impl FairShare {
 pub(super) struct Poller<H> {
     pub shared: Arc<Shared<H>>,
     pub queue: Arc<Queue>,
-    /// This poller's place in `demand` and in the health beats.
+    /// This lane's place in `demand`.
     pub slot: usize,
     pub pollers: usize,
     pub demand: Arc<Demand>,
     pub sem: Arc<Semaphore>,
     pub active: Arc<AtomicUsize>,
+    /// The queue's lane and its flow.
+    pub lane: Lane,
+    pub flow: Arc<Flow>,
     /// Set while the worker gives way to ECS.
     pub yielding: Arc<Yielding>,
     pub jobs: TaskTracker,
@@ -123,6 +181,8 @@ pub(super) struct Poller<H> {
 impl<H: Handler> Poller<H> {
     /// Polls until shutdown (or until a poll is abandoned).
     pub(super) async fn run(self) {
+        let primary = matches!(self.lane, Lane::Primary { .. });
+        let mut flow = self.flow.0.subscribe();
         let cfg = &self.shared.config;
         let protector = self.demand.protector();
         let mut policy = ProtectPolicy::new(cfg.protection.mode, protector.is_enabled());
@@ -133,7 +193,7 @@ impl<H: Handler> Poller<H> {
             quiet: false,
         };
         let mut receive_failures = 0u32;
-        let (url, slot, health) = (&*self.queue.url, self.slot, &self.shared.health);
+        let (url, slot) = (&*self.queue.url, self.slot);
         let mut yield_rx = self.yielding.subscribe();
         loop {
             if yield_rx.borrow_and_update().is_some() {
@@ -142,14 +202,33 @@ impl<H: Handler> Poller<H> {
                 }
                 continue;
             }
-            health.set_for(slot, Phase::WaitingPermits);
+            if !primary && !*flow.borrow_and_update() {
+                // Parked until messages flow again, asking for nothing.
+                self.demand.release(slot);
+                tokio::select! {
+                    r = flow.changed() => if r.is_err() { break },
+                    _ = yield_rx.changed() => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            self.beat(Phase::WaitingPermits);
             let jobs_running = self.jobs_running();
-            let take = take_permits(&self.sem, share.batch_max(), jobs_running);
+            let take = async {
+                if primary {
+                    take_permits(&self.sem, share.batch_max(), jobs_running).await
+                } else {
+                    take_batch(&self.sem).await
+                }
+            };
+            let mut flow_stops = self.flow.0.subscribe();
             let permits = tokio::select! {
                 p = take => p,
                 _ = self.shutdown.cancelled() => break,
                 // A yield that starts while every slot is busy: take no slot.
                 _ = yield_rx.changed() => continue,
+                // An extra lane waiting for a batch of slots when the flow stops: park.
+                _ = flow_stops.wait_for(|f| !f), if !primary => continue,
             };
             if permits.is_empty() {
                 break;
@@ -158,7 +237,7 @@ impl<H: Handler> Poller<H> {
             if covered {
                 let until = Instant::now() + cfg.wait_time + COVER_MARGIN;
                 self.demand.hold(slot, until);
-                health.set_for(slot, Phase::WaitingProtection);
+                self.beat(Phase::WaitingProtection);
                 tokio::select! {
                     ok = protector.wait_covered(&self.shutdown, until) => if !ok { break },
                     // Refused as blocked, say: the worker yields instead of waiting.
@@ -166,11 +245,16 @@ impl<H: Handler> Poller<H> {
                 }
             }
 
-            health.set_for(slot, Phase::Receiving);
-            let receive =
-                self.shared
-                    .sqs
-                    .receive(url, permits.len(), cfg.wait_time, cfg.visibility_timeout);
+            self.beat(Phase::Receiving);
+            let wait = if primary {
+                cfg.wait_time
+            } else {
+                cfg.wait_time.min(EXTRA_LANE_WAIT)
+            };
+            let receive = self
+                .shared
+                .sqs
+                .receive(url, permits.len(), wait, cfg.visibility_timeout);
             let received = tokio::select! {
                 r = receive => r,
                 _ = self.abandon_poll.cancelled() => break,
@@ -178,7 +262,9 @@ impl<H: Handler> Poller<H> {
             let messages = match received {
                 Ok(m) => {
                     receive_failures = 0;
-                    health.received();
+                    if primary {
+                        self.shared.health.received();
+                    }
                     m
                 }
                 Err(e) => {
@@ -222,10 +308,17 @@ impl<H: Handler> Poller<H> {
                 }
                 continue;
             }
-            share.saw(messages.is_empty());
+            // A full batch: more may be waiting, so the extra lanes join in; anything less: the
+            // queue is running dry, and they step back.
+            self.flow.set(messages.len() == permits.len());
+            if primary {
+                share.saw(messages.is_empty());
+            }
             if messages.is_empty() {
                 drop(permits);
-                if !self.jobs_running() && !self.after_empty(&mut policy).await {
+                if !primary {
+                    self.demand.release(slot);
+                } else if !self.jobs_running() && !self.after_empty(&mut policy).await {
                     break;
                 }
                 continue;
@@ -247,6 +340,13 @@ impl<H: Handler> Poller<H> {
 
     fn jobs_running(&self) -> bool {
         self.shared.running.any()
+    }
+
+    /// The primary lane's heartbeat for `/health` (the extra lanes come and go).
+    fn beat(&self, phase: Phase) {
+        if let Lane::Primary { beat } = self.lane {
+            self.shared.health.set_for(beat, phase);
+        }
     }
 
     /// An empty receive with no job running: release or go idle as the policy says. False if

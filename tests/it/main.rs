@@ -7,6 +7,7 @@ mod drills_sqs;
 mod ecs;
 mod fair;
 mod handlers;
+mod latency;
 mod local_ecs;
 mod queues;
 mod soak;

@@ -245,6 +245,11 @@ pub struct FaultCounts {
     pub upstream_errors: u64,
     /// Client connections accepted (few when keep-alive works).
     pub connections: u64,
+    /// The most requests of one operation forwarded and not yet answered at one moment.
+    pub max_in_flight: BTreeMap<String, u64>,
+    /// The most messages asked for (`MaxNumberOfMessages`) by receives in flight at one moment:
+    /// a worker that never holds a message it cannot start keeps this within its slots.
+    pub max_messages_asked_in_flight: u64,
 }
 
 impl FaultCounts {
@@ -288,6 +293,10 @@ struct Shared {
 }
 
 struct State {
+    /// Requests forwarded and not yet answered, by operation; and the messages those receives
+    /// asked for.
+    in_flight: BTreeMap<String, u64>,
+    messages_asked: u64,
     rng: fastrand::Rng,
     /// Alternates the throttling code, so both spellings get exercised.
     throttle_flip: bool,
@@ -363,6 +372,8 @@ impl FaultProxy {
             active: AtomicBool::new(true),
             cancel: tasks.token(),
             state: Mutex::new(State {
+                in_flight: BTreeMap::new(),
+                messages_asked: 0,
                 rng: fastrand::Rng::with_seed(config.seed),
                 throttle_flip: false,
                 counts: FaultCounts::default(),
@@ -712,8 +723,55 @@ fn hop_by_hop(name: &str) -> bool {
 
 /// Forwards `request` (with `body` instead of its own when given), records what the answer
 /// says about receipts and deletes, and returns the answer (502 when the upstream failed).
+/// Counts a forwarded request as in flight until it is dropped (answered, or abandoned).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    op: String,
+    asked: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared, op: &str, body: &[u8]) -> Self {
+        let asked = if op == "ReceiveMessage" {
+            serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("MaxNumberOfMessages").and_then(Value::as_u64))
+                .unwrap_or(1)
+        } else {
+            0
+        };
+        let mut st = shared.state();
+        let n = st.in_flight.entry(op.to_string()).or_insert(0);
+        *n += 1;
+        let now = *n;
+        st.messages_asked += asked;
+        let asked_now = st.messages_asked;
+        let max = st.counts.max_in_flight.entry(op.to_string()).or_insert(0);
+        *max = (*max).max(now);
+        st.counts.max_messages_asked_in_flight =
+            st.counts.max_messages_asked_in_flight.max(asked_now);
+        drop(st);
+        Self {
+            shared,
+            op: op.to_string(),
+            asked,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        if let Some(n) = st.in_flight.get_mut(&self.op) {
+            *n = n.saturating_sub(1);
+        }
+        st.messages_asked = st.messages_asked.saturating_sub(self.asked);
+    }
+}
+
 async fn forward(shared: &Shared, op: &str, request: &Request, body: Option<Bytes>) -> Answer {
     let sent_body = body.unwrap_or_else(|| request.body.clone());
+    let _in_flight = InFlight::new(shared, op, &sent_body);
     let url = format!("{}{}", shared.upstream, request.target);
     let result = async {
         let resp = shared
