@@ -27,14 +27,21 @@ pub(crate) struct Deleter {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// How many delete batches may be in flight at once: enough to keep up with a fast queue.
-const DELETE_PARALLELISM: usize = 4;
+/// The fewest delete batches allowed in flight at once.
+const MIN_DELETES_IN_FLIGHT: usize = 4;
+/// Delete batches in flight per 10 job slots: far from SQS, each batch takes a round trip, and
+/// the deletes of a busy worker must not queue behind each other.
+const DELETES_IN_FLIGHT_PER_BATCH_OF_SLOTS: usize = 2;
 const DELETE_ATTEMPTS: u32 = 5;
 
 impl Deleter {
-    pub(crate) fn start(sqs: Sqs, queue_url: String, linger: Duration) -> Self {
+    /// A deleter for a worker of `concurrency` job slots.
+    pub(crate) fn start(sqs: Sqs, queue_url: String, linger: Duration, concurrency: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_deleter(sqs, queue_url, linger, rx));
+        let in_flight = (DELETES_IN_FLIGHT_PER_BATCH_OF_SLOTS
+            * concurrency.div_ceil(SQS_MAX_BATCH_ENTRIES))
+        .max(MIN_DELETES_IN_FLIGHT);
+        let task = tokio::spawn(run_deleter(sqs, queue_url, linger, in_flight, rx));
         Self { tx, task }
     }
 
@@ -56,6 +63,7 @@ async fn run_deleter(
     sqs: Sqs,
     queue_url: String,
     linger: Duration,
+    most_in_flight: usize,
     mut rx: mpsc::UnboundedReceiver<PendingDelete>,
 ) {
     let queue_url: Arc<str> = queue_url.into();
@@ -74,7 +82,7 @@ async fn run_deleter(
                 },
             }
         }
-        while in_flight.len() >= DELETE_PARALLELISM {
+        while in_flight.len() >= most_in_flight {
             in_flight.join_next().await;
         }
         in_flight.spawn(delete_with_retries(sqs.clone(), queue_url.clone(), batch));

@@ -131,26 +131,33 @@ impl Sqs {
     /// Makes messages receivable again at once, in batches of 10. Errors are logged: the
     /// messages then come back when their visibility timeout ends.
     pub(crate) async fn return_now(&self, queue_url: &str, messages: &[Received]) {
-        for chunk in messages.chunks(SQS_MAX_BATCH_ENTRIES) {
-            let entries: Vec<(&str, Duration)> = chunk
-                .iter()
-                .map(|m| (m.receipt_handle.as_str(), Duration::ZERO))
-                .collect();
-            match self.set_visibility_batch(queue_url, &entries).await {
-                Ok(failed) => {
-                    // Only the entries SQS applied were returned; the failed ones wait out their
-                    // visibility timeout.
-                    let returned = chunk.len().saturating_sub(failed.len());
-                    for f in failed {
-                        if let Some(m) = chunk.get(f.index) {
-                            tracing::warn!(message_id = %m.message_id, code = f.code, "could not return message; it comes back when its visibility timeout ends");
-                        }
+        // All batches at once: messages handed back wait for no round trip but their own.
+        let returns = messages
+            .chunks(SQS_MAX_BATCH_ENTRIES)
+            .map(|chunk| self.return_batch(queue_url, chunk));
+        futures_util::future::join_all(returns).await;
+    }
+
+    /// One batch of [`Sqs::return_now`].
+    async fn return_batch(&self, queue_url: &str, chunk: &[Received]) {
+        let entries: Vec<(&str, Duration)> = chunk
+            .iter()
+            .map(|m| (m.receipt_handle.as_str(), Duration::ZERO))
+            .collect();
+        match self.set_visibility_batch(queue_url, &entries).await {
+            Ok(failed) => {
+                // Only the entries SQS applied were returned; the failed ones wait out their
+                // visibility timeout.
+                let returned = chunk.len().saturating_sub(failed.len());
+                for f in failed {
+                    if let Some(m) = chunk.get(f.index) {
+                        tracing::warn!(message_id = %m.message_id, code = f.code, "could not return message; it comes back when its visibility timeout ends");
                     }
-                    Stats::add(&self.stats.messages_returned, returned as u64);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, count = chunk.len(), "could not return messages; they come back when their visibility timeout ends")
-                }
+                Stats::add(&self.stats.messages_returned, returned as u64);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, count = chunk.len(), "could not return messages; they come back when their visibility timeout ends")
             }
         }
     }

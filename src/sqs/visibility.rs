@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +13,9 @@ use super::{Received, Sqs};
 use crate::limits::{SQS_MAX_BATCH_ENTRIES, SQS_MAX_VISIBILITY, SQS_VISIBILITY_MARGIN};
 use crate::stats::Stats;
 use crate::sync::lock;
+
+/// `ChangeMessageVisibilityBatch` requests sent at once by one pass.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Batch entry codes after which a receipt handle will never be extended again.
 const HOPELESS_CODES: [&str; 2] = ["ReceiptHandleIsInvalid", "MessageNotInflight"];
@@ -121,10 +125,23 @@ impl VisibilityKeeper {
             }
             out
         };
-        for chunk in batch.chunks(SQS_MAX_BATCH_ENTRIES) {
-            let entries: Vec<(&str, Duration)> =
-                chunk.iter().map(|(_, r, d)| (r.as_str(), *d)).collect();
-            match sqs.set_visibility_batch(queue_url, &entries).await {
+        // The batches go out together (a bounded number at once), not one after another: far
+        // from SQS, extensions due at once must not wait a round trip each.
+        let mut chunks = batch.chunks(SQS_MAX_BATCH_ENTRIES);
+        let mut sending = FuturesUnordered::new();
+        let mut answers = Vec::new();
+        loop {
+            while sending.len() < BATCHES_IN_FLIGHT {
+                let Some(chunk) = chunks.next() else { break };
+                sending.push(extend(sqs, queue_url, chunk));
+            }
+            match sending.next().await {
+                Some(answer) => answers.push(answer),
+                None => break,
+            }
+        }
+        for (chunk, answer) in answers {
+            match answer {
                 Ok(failed) => {
                     let mut map = self.lock();
                     for (i, (key, _, ext)) in chunk.iter().enumerate() {
@@ -147,4 +164,17 @@ impl VisibilityKeeper {
             }
         }
     }
+}
+
+/// One `ChangeMessageVisibilityBatch` of `chunk` (key, receipt handle, new visibility).
+async fn extend<'a>(
+    sqs: &Sqs,
+    queue_url: &str,
+    chunk: &'a [(u64, String, Duration)],
+) -> (
+    &'a [(u64, String, Duration)],
+    Result<Vec<crate::sqs::FailedEntry>, crate::sqs::SqsError>,
+) {
+    let entries: Vec<(&str, Duration)> = chunk.iter().map(|(_, r, d)| (r.as_str(), *d)).collect();
+    (chunk, sqs.set_visibility_batch(queue_url, &entries).await)
 }

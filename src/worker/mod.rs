@@ -214,7 +214,12 @@ async fn run_inner<H: Handler>(
     let mut deleters = Vec::with_capacity(urls.len());
     let mut queues = Vec::with_capacity(urls.len());
     for (url, info) in urls.into_iter().zip(infos) {
-        let deleter = Deleter::start(sqs.clone(), url.clone(), config.delete_linger);
+        let deleter = Deleter::start(
+            sqs.clone(),
+            url.clone(),
+            config.delete_linger,
+            config.concurrency,
+        );
         let keeper = VisibilityKeeper::new(config.visibility_timeout);
         helpers.spawn(
             keeper
