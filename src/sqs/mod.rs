@@ -2,6 +2,7 @@
 //! either through the AWS SDK ([`sdk`]) or directly ([`direct`]); the [`deleter`] batches
 //! deletes and the [`visibility`] keeper extends running jobs' messages.
 
+mod credentials;
 pub(crate) mod deleter;
 pub(crate) mod direct;
 mod sdk;
@@ -52,11 +53,20 @@ impl Sqs {
         sdk: &aws_config::SdkConfig,
         kind: SqsClientKind,
     ) -> Result<Self, SqsError> {
-        let sqs = Self::new(aws_sdk_sqs::Client::new(sdk));
+        // One credentials cache under both paths: they fetch as often as the SDK alone would.
+        let credentials = sdk
+            .credentials_provider()
+            .map(credentials::SharedCache::provider);
+        let mut conf = aws_sdk_sqs::config::Builder::from(sdk);
+        conf.set_credentials_provider(credentials.clone());
+        let sqs = Self::new(aws_sdk_sqs::Client::from_conf(conf.build()));
         match kind {
             SqsClientKind::Sdk => Ok(sqs),
             SqsClientKind::Direct => {
-                let settings = DirectSettings::from_sdk(sdk)?;
+                let mut settings = DirectSettings::from_sdk(sdk)?;
+                if let Some(c) = credentials {
+                    settings.credentials = c;
+                }
                 let direct = DirectClient::new(&settings).await?;
                 Ok(Self {
                     direct: Some(Arc::new(direct)),

@@ -2,6 +2,7 @@
 //! They need fauxqs and moto: `scripts/setup.sh` installs both (`scripts/test.sh` runs it first).
 
 mod binary;
+mod credentials;
 mod drills_process;
 mod drills_sqs;
 mod ecs;

@@ -13,6 +13,7 @@ mod sign;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -29,8 +30,21 @@ use tokio::time::Instant;
 use super::types::{FailedEntry, Received, SqsError, SqsErrorKind, SYSTEM_ATTRIBUTES};
 use sign::{SigningKey, ToSign, CONTENT_TYPE};
 
-/// Credentials are fetched again this long before they expire (the SDK's cache does the same).
-const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// Error codes a signature made with a wrong clock gets (the SDK's list, and SQS's query codes).
+const CLOCK_SKEW_CODES: [&str; 8] = [
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "AuthFailure",
+    "RequestTimeTooSkewed",
+    "AccessDeniedException",
+    "RequestExpired",
+    "RequestInTheFuture",
+    "InvalidSecurity",
+];
+/// Below this measured skew a signature error is a signature error, not a clock (the SDK's).
+const SKEW_THRESHOLD: Duration = Duration::from_secs(4 * 60);
+/// A slower round trip says too little about the server's clock to correct ours.
+const MAX_TRUSTED_ROUND_TRIP: Duration = Duration::from_secs(15 * 60);
 /// The SDK's default connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 /// Beyond the long poll: a request that has not answered by then is on a dead connection.
@@ -102,6 +116,10 @@ pub(crate) struct DirectClient {
     region: String,
     provider: SharedCredentialsProvider,
     cached: tokio::sync::Mutex<Option<SigningKey>>,
+    /// SQS's clock minus ours, in milliseconds, from the `Date` of its latest answer: requests
+    /// are signed at our time plus this, so a task whose clock is off still signs in time.
+    skew_ms: AtomicI64,
+    skew_reported: AtomicBool,
 }
 
 impl std::fmt::Debug for DirectClient {
@@ -162,6 +180,8 @@ impl DirectClient {
             region: settings.region.clone(),
             provider: settings.credentials.clone(),
             cached: tokio::sync::Mutex::new(None),
+            skew_ms: AtomicI64::new(0),
+            skew_reported: AtomicBool::new(false),
         })
     }
 
@@ -175,11 +195,7 @@ impl DirectClient {
     async fn signing_key(&self, op: &'static str, day: &str) -> Result<SigningKey, SqsError> {
         let mut cached = self.cached.lock().await;
         if let Some(s) = cached.as_mut() {
-            let fresh = s
-                .creds
-                .expiry()
-                .is_none_or(|e| SystemTime::now() + REFRESH_BEFORE < e);
-            if fresh {
+            if super::credentials::fresh(s.creds.expiry()) {
                 if s.day != day {
                     *s = SigningKey::new(s.creds.clone(), day, &self.region);
                 }
@@ -195,11 +211,56 @@ impl DirectClient {
         Ok(key)
     }
 
+    /// SQS's time now, as far as its answers tell.
+    fn sqs_time(&self, now: SystemTime) -> SystemTime {
+        let skew = self.skew_ms.load(Ordering::Relaxed);
+        let shift = Duration::from_millis(skew.unsigned_abs());
+        if skew >= 0 {
+            now.checked_add(shift)
+        } else {
+            now.checked_sub(shift)
+        }
+        .unwrap_or(now)
+    }
+
+    /// Records SQS's clock from an answer's `Date`, against the middle of the round trip (as the
+    /// SDK does).
+    fn observe_date(&self, date: Option<&str>, sent: SystemTime, received: SystemTime) {
+        let Some(server) = date
+            .and_then(|d| {
+                aws_smithy_types::DateTime::from_str(
+                    d,
+                    aws_smithy_types::date_time::Format::HttpDate,
+                )
+                .ok()
+            })
+            .and_then(|d| SystemTime::try_from(d).ok())
+        else {
+            return;
+        };
+        let round_trip = received.duration_since(sent).unwrap_or_default();
+        if round_trip > MAX_TRUSTED_ROUND_TRIP {
+            return;
+        }
+        let midpoint = sent + round_trip / 2;
+        let skew = match server.duration_since(midpoint) {
+            Ok(ahead) => ahead.as_millis() as i64,
+            Err(behind) => -(behind.duration().as_millis() as i64),
+        };
+        self.skew_ms.store(skew, Ordering::Relaxed);
+    }
+
+    /// The measured skew is large enough that `e` is the clock's doing.
+    fn skewed(&self, e: &SqsError) -> bool {
+        let skew = Duration::from_millis(self.skew_ms.load(Ordering::Relaxed).unsigned_abs());
+        skew > SKEW_THRESHOLD && e.code().is_some_and(|c| CLOCK_SKEW_CODES.contains(&c))
+    }
+
     /// Builds the request for `op` with a JSON `body`, signed (SigV4) for `time`.
     pub(crate) async fn signed_request(
         &self,
         op: &'static str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         time: SystemTime,
     ) -> Result<HttpRequest, SqsError> {
         let signing = |e: &str| SqsError::new(op, SqsErrorKind::Protocol, e);
@@ -241,20 +302,46 @@ impl DirectClient {
         Ok(req)
     }
 
-    /// Sends `op` and returns the body of a 2xx answer.
+    /// Sends `op` and returns the body of a 2xx answer. A refusal that SQS's clock explains (it
+    /// is minutes away from ours) is sent once more, signed with SQS's time, as the SDK does.
     async fn call(
         &self,
         op: &'static str,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<bytes::Bytes, SqsError> {
-        let req = self.signed_request(op, body, SystemTime::now()).await?;
+        let body = bytes::Bytes::from(body);
+        match self.call_once(op, body.clone(), timeout).await {
+            Err(e) if self.skewed(&e) => {
+                if !self.skew_reported.swap(true, Ordering::Relaxed) {
+                    let skew_s = self.skew_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+                    tracing::warn!(
+                        skew_s,
+                        error = %e,
+                        "this machine's clock is off from SQS's; signing with SQS's time from now on (fix the clock: NTP)"
+                    );
+                }
+                self.call_once(op, body, timeout).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn call_once(
+        &self,
+        op: &'static str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, SqsError> {
+        let sent = SystemTime::now();
+        let req = self.signed_request(op, body, self.sqs_time(sent)).await?;
         let transport = |e: &dyn std::error::Error| {
             SqsError::new(op, SqsErrorKind::Transport, DisplayErrorContext(e))
         };
         let exchange = async {
             let resp = self.connector.call(req).await.map_err(|e| transport(&e))?;
             let status = resp.status().as_u16();
+            self.observe_date(resp.headers().get("date"), sent, SystemTime::now());
             let query_error = resp.headers().get("x-amzn-query-error").map(str::to_string);
             let bytes = ByteStream::new(resp.into_body())
                 .collect()

@@ -143,6 +143,19 @@ impl Drop for Server {
 async fn capture_server(
     answer: &'static str,
 ) -> (Server, String, mpsc::UnboundedReceiver<Captured>) {
+    capture_server_with(move |_| format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{answer}",
+        answer.len()
+    ))
+    .await
+}
+
+/// Answers every request with what `reply` makes of it (a whole HTTP/1.1 response), and hands
+/// each request to the test.
+async fn capture_server_with(
+    reply: impl Fn(&Captured) -> String + Send + Sync + 'static,
+) -> (Server, String, mpsc::UnboundedReceiver<Captured>) {
+    let reply = std::sync::Arc::new(reply);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::unbounded_channel();
@@ -150,6 +163,7 @@ async fn capture_server(
         let mut connections = tokio::task::JoinSet::new();
         while let Ok((mut sock, _)) = listener.accept().await {
             let tx = tx.clone();
+            let reply = reply.clone();
             connections.spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -185,17 +199,15 @@ async fn capture_server(
                     }
                     let body = buf[end + 4..end + 4 + length].to_vec();
                     buf.drain(..end + 4 + length);
-                    let _ = tx.send(Captured {
+                    let captured = Captured {
                         method,
                         path,
                         headers,
                         body,
-                    });
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                    };
+                    let answer = reply(&captured);
+                    let _ = tx.send(captured);
+                    if sock.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
                 }
@@ -464,7 +476,7 @@ async fn signatures_verify_across_midnight_and_without_a_session_token() {
         ] {
             let body = br#"{"QueueUrl":"q","Entries":[]}"#.to_vec();
             let req = wire
-                .signed_request("DeleteMessageBatch", body.clone(), time)
+                .signed_request("DeleteMessageBatch", body.clone().into(), time)
                 .await
                 .expect("signed");
             let captured = Captured {
@@ -511,4 +523,87 @@ async fn a_receive_that_never_answers_times_out() {
         "gave up after {waited:?}"
     );
     drop(black_hole);
+}
+
+/// A server whose clock is an hour ahead and that refuses a request dated more than 5 minutes
+/// off its own time, as SQS does: the direct path learns SQS's time from the `Date` of the
+/// refusal, signs the request again with it, and from then on signs with it at once.
+#[tokio::test]
+async fn a_clock_an_hour_off_is_corrected_from_the_servers_date() {
+    use std::time::SystemTime;
+    let ahead = Duration::from_secs(3600);
+    let (_server, endpoint, mut rx) = capture_server_with(move |req| {
+        let server_now = SystemTime::now() + ahead;
+        let date = aws_smithy_types::DateTime::from(server_now)
+            .fmt(aws_smithy_types::date_time::Format::HttpDate)
+            .expect("http date");
+        let signed_at = req
+            .header("x-amz-date")
+            .map(str::trim)
+            .and_then(|d| {
+                let rfc = format!(
+                    "{}-{}-{}T{}:{}:{}Z",
+                    &d[0..4], &d[4..6], &d[6..8], &d[9..11], &d[11..13], &d[13..15]
+                );
+                humantime::parse_rfc3339(&rfc).ok()
+            })
+            .expect("x-amz-date");
+        let off = server_now
+            .duration_since(signed_at)
+            .unwrap_or_else(|e| e.duration());
+        let (status, extra, body) = if off > Duration::from_secs(300) {
+            (
+                "400 Bad Request",
+                "x-amzn-query-error: SignatureDoesNotMatch;Sender\r\n",
+                r#"{"__type":"com.amazon.coral.service#InvalidSignatureException","message":"Signature expired"}"#,
+            )
+        } else {
+            ("200 OK", "", r#"{"Messages":[]}"#)
+        };
+        format!(
+            "HTTP/1.1 {status}\r\ndate: {date}\r\n{extra}content-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let client = client_as("us-east-1", &endpoint, credentials()).await;
+    let wait = Duration::from_secs(1);
+    let got = client
+        .receive("q", 10, wait, Duration::from_secs(30))
+        .await
+        .expect("a receive succeeds despite the clock");
+    assert!(got.is_empty());
+    let mut seen = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        seen.push(r);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "refused once, then signed with the server's time"
+    );
+    client
+        .receive("q", 10, wait, Duration::from_secs(30))
+        .await
+        .expect("the next receive too");
+    let mut more = 0;
+    while rx.try_recv().is_ok() {
+        more += 1;
+    }
+    assert_eq!(more, 1, "at once, without a refusal");
+    // The error is not hidden when the clock is not to blame.
+    let (_server, endpoint, _rx) = capture_server_with(|_| {
+        let body = r#"{"__type":"com.amazon.coral.service#InvalidSignatureException","message":"bad"}"#;
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nx-amzn-query-error: SignatureDoesNotMatch;Sender\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let client = client_as("us-east-1", &endpoint, credentials()).await;
+    let e = client
+        .receive("q", 10, wait, Duration::from_secs(30))
+        .await
+        .expect_err("a real signature error");
+    assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
 }
