@@ -759,3 +759,49 @@ async fn sns_notifications_from_a_real_topic_subscription_are_unwrapped() {
         "SNS attributes reach the handler"
     );
 }
+
+/// While protection is still held after an empty receive (the minimum hold), the worker keeps
+/// receiving under it: a message that arrives then is picked up at once, protected, with no
+/// release and no second grant in between (it used to wait out the hold and the idle window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_arriving_during_the_minimum_hold_is_picked_up_under_the_same_grant() {
+    let c = client();
+    let q = create_queue(&c, "min-hold", &[]).await;
+    let (_double, task) = agent().await;
+    let probe_task = task.clone();
+    let rec = Recorder::with_probe(move || probe_task.is_protected_at(SystemTime::now()));
+    let mut cfg = fast_config(&q);
+    cfg.protection.idle_window = SECS(1);
+    let w = start(cfg, protector_for(&task, SECS(20)), rec.clone()).await;
+    assert!(
+        wait_until(SECS(10), || async { task.protection().enabled }).await,
+        "protected for its first receive"
+    );
+    // Its first receives come back empty; the 20 s minimum hold keeps the grant.
+    tokio::time::sleep(SECS(3)).await;
+    let sent = SystemTime::now();
+    send_bodies(&c, &q, &["10ms"]).await;
+    assert!(
+        wait_until(SECS(15), || async { rec.successes() == 1 }).await,
+        "the job ran"
+    );
+    let seen = rec.seen();
+    let waited = seen[0].started.duration_since(sent).unwrap_or_default();
+    let puts: Vec<Option<bool>> = task
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PUT" && c.at <= seen[0].started)
+        .map(|c| c.request_enabled)
+        .collect();
+    w.stop().await;
+    assert!(seen[0].probe[0], "protected when it started");
+    assert_eq!(
+        puts,
+        vec![Some(true)],
+        "one grant, no release before the job: it was received during the hold"
+    );
+    assert!(
+        waited < SECS(10),
+        "picked up in {waited:?}, not after the 20 s hold"
+    );
+}
