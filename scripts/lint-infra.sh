@@ -336,6 +336,7 @@ step "shellcheck scripts"
 scripts=(
     scripts/lint-infra.sh
     scripts/check-ldd.sh
+    scripts/demo.sh
     scripts/deploy.sh
     scripts/deploy-cfn.sh
     scripts/send-messages.sh

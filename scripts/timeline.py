@@ -2,10 +2,11 @@
 """Draws a local-ecs run as an SVG timeline (no JavaScript; any browser opens it).
 
 One lane per task: its jobs as bars (green done, red failed, grey cancelled at the shutdown
-deadline), shaded spans while it was protected, a hatched span while it was yielding, its
-start, SIGTERM, SIGKILL and exit; above them a "service" strip, red while scale-in or a
-deployment was held up by protected tasks; vertical markers for desired-count changes and
-deployments; a time axis in seconds since local-ecs started.
+deadline), shaded spans with a solid bottom edge while it was protected, a hatched span while it
+was yielding (labelled with its reason and length), its start, SIGTERM, SIGKILL and exit; above
+them a "service" strip, red while scale-in or a deployment was held up by protected tasks;
+vertical markers for desired-count changes and deployments; a time axis in seconds since
+local-ecs started.
 
 Inputs:
   --events FILE  local-ecs's timeline: the JSON lines of `local-ecs up --timeline FILE`, or the
@@ -47,6 +48,7 @@ BLOCKED_COLOUR = "#c62828"
 LANE_GAP = 8
 ROW_H = 11  # one row of job bars
 LANE_MIN_H = 34
+LABEL_CHAR_W = 5.2  # about how wide a character of the 9 px labels is
 
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:?\d{2})?$"
@@ -348,11 +350,17 @@ def render(lanes, markers, blocked, origin, last, title):
         )
         for p_start, p_end, how in ln.protected:
             p_end = p_end if p_end is not None else end
+            w = fmt(max(x(p_end) - x(p_start), 1))
             add(
                 f'<rect class="protected" x="{fmt(x(p_start))}" y="{fmt(top + 2)}" '
-                f'width="{fmt(max(x(p_end) - x(p_start), 1))}" height="{h - 4}" '
+                f'width="{w}" height="{h - 4}" '
                 f'fill="{PROTECTED_FILL}" fill-opacity="0.18"><title>protected '
                 f"{fmt(p_start - origin)}s to {fmt(p_end - origin)}s ({how})</title></rect>"
+            )
+            # A solid edge along the lane's bottom: the shading hides under a busy lane's jobs.
+            add(
+                f'<rect class="protected-edge" x="{fmt(x(p_start))}" y="{fmt(top + h - 5)}" '
+                f'width="{w}" height="3" fill="{PROTECTED_FILL}"/>'
             )
             if how == "expired":
                 add(
@@ -378,11 +386,21 @@ def render(lanes, markers, blocked, origin, last, title):
                 f"({j_end - j_start:.2f}s)</title></rect>"
             )
         for y_start, y_end, reason in ln.yielding:
-            # After the jobs, so that no bar hides it: just right of the hatched strip.
+            # After the jobs, so that no bar hides it: right of the hatched strip (and of the
+            # SIGTERM and exit marks that often end it), else left of it where the plot ends.
             if reason:
+                text = f"yield: {reason} {y_end - y_start:.1f}s"
+                right = x(y_end) + 3
+                for mark, half in ((ln.sigterm, 5), (ln.end, 1.5)):
+                    if mark is not None and -6 <= x(mark) - x(y_end) <= 12:
+                        right = max(right, x(mark) + half + 3)
+                if right + LABEL_CHAR_W * len(text) <= WIDTH - 2:
+                    tx, anchor = right, "start"
+                else:
+                    tx, anchor = x(y_start) - 3, "end"
                 add(
-                    f'<text x="{fmt(x(y_end) + 3)}" y="{fmt(top + 8)}" font-size="9" '
-                    f'fill="#a35f12">yield: {escape(reason)}</text>'
+                    f'<text class="yield-label" x="{fmt(tx)}" y="{fmt(top + 8)}" font-size="9" '
+                    f'text-anchor="{anchor}" fill="#a35f12">{escape(text)}</text>'
                 )
         if ln.start is not None:
             add(
@@ -428,12 +446,14 @@ def render(lanes, markers, blocked, origin, last, title):
             f"up by protected tasks {fmt(b_start - origin)}s to {fmt(b_end - origin)}s "
             f"({b_end - b_start:.1f}s)</title></rect>"
         )
-        text = f"{what} blocked {b_end - b_start:.1f}s"
-        if w > 6.2 * len(text):
-            add(
-                f'<text x="{fmt(x(b_start) + 4)}" y="{strip_y + STRIP_H - 2.5}" font-size="9.5" '
-                f'fill="white">{escape(text)}</text>'
-            )
+        # The longest text that fits: what and how long, else how long alone.
+        for text in (f"{what} blocked {b_end - b_start:.1f}s", f"{b_end - b_start:.1f}s"):
+            if w > 6.2 * len(text):
+                add(
+                    f'<text x="{fmt(x(b_start) + 4)}" y="{strip_y + STRIP_H - 2.5}" '
+                    f'font-size="9.5" fill="white">{escape(text)}</text>'
+                )
+                break
     add("</g>")
 
     # Markers, labels staggered on three rows so that close ones do not overlap.
@@ -496,6 +516,7 @@ def render(lanes, markers, blocked, origin, last, title):
     for shape, colour, text in items:
         if shape == "protected":
             add(f'<rect x="{lx}" y="{ly - 9}" width="14" height="10" fill="{colour}" fill-opacity="0.25"/>')
+            add(f'<rect x="{lx}" y="{ly - 2}" width="14" height="3" fill="{colour}"/>')
         elif shape == "yield":
             add(f'<rect x="{lx}" y="{ly - 9}" width="14" height="10" fill="url(#yield-hatch)" stroke="{colour}"/>')
         elif shape == "sigterm":

@@ -158,6 +158,24 @@ class TimelineTest(unittest.TestCase):
         rows = {r.get("y") for r in self.of_class(lanes[1], "job")}
         self.assertEqual(len(rows), 2)
 
+    def test_a_yield_label_at_the_right_edge_stays_inside(self):
+        # Task 1 yields until it exits at the very end of the run: its label goes left of the
+        # hatched strip instead of off the picture.
+        events = [
+            event(0.0, "task-started", task=1, pid=1, revision=1),
+            event(5.0, "desired-count", **{"from": 1, "to": 0}),
+            event(9.9, "sigterm", task=1, reason="scale-in"),
+            event(10.0, "task-exited", task=1, code=0, signal=None, requested=True),
+        ]
+        logs = {1: [{"timestamp": stamp(6.0), "level": "INFO", "message": "yielding",
+                     "yield": "start", "reason": "scale-in"}]}
+        root = self.render(*self.write(events, logs))
+        (label,) = self.of_class(root, "yield-label")
+        self.assertEqual(label.text, "yield: scale-in 4.0s")
+        self.assertEqual(label.get("text-anchor"), "end")
+        (strip,) = self.of_class(root, "yielding")
+        self.assertLess(float(label.get("x")), float(strip.get("x")))
+
     def test_json_array_from_the_control_port_reads_the_same(self):
         events, logs = run_of_three()
         root = self.render(*self.write(events, logs, as_array=True))
