@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark (issue 6): queue-worker against sqs-consumer on one fauxqs instance, loopback only.
+# The benchmark: queue-worker against sqs-consumer on one fauxqs instance, on loopback and with
+# network distance (a delay proxy between the workers and the emulator).
 #
 #   scripts/bench.sh               full run: 20,000 zero-length jobs x 3 runs, 200 ms scenario,
 #                                  idle workers alongside; then network distance: at 0, 20 and

@@ -7,6 +7,7 @@ mod send;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
@@ -148,55 +149,57 @@ pub async fn main() -> ExitCode {
     }
 }
 
-/// Fires the token on SIGTERM or SIGINT (a second signal does not kill: the drain has a deadline,
-/// so later signals are only logged). Runs until the caller aborts the returned task.
-fn shutdown_on_signals(token: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+/// Calls `each` with the name of every `first` or `second` signal received, until the runtime
+/// stops (or the caller aborts the returned task).
+fn on_signals(
+    first: (SignalKind, &'static str),
+    second: (SignalKind, &'static str),
+    mut each: impl FnMut(&'static str) + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut a = signal(first.0)?;
+    let mut b = signal(second.0)?;
     Ok(tokio::spawn(async move {
         loop {
             let name = tokio::select! {
-                s = term.recv() => s.map(|_| "SIGTERM"),
-                s = int.recv() => s.map(|_| "SIGINT"),
+                s = a.recv() => s.map(|_| first.1),
+                s = b.recv() => s.map(|_| second.1),
             };
             // None: the signal driver is gone (runtime shutting down).
             let Some(name) = name else { return };
-            if token.is_cancelled() {
-                tracing::info!("{name} received again; already shutting down");
-            } else {
-                tracing::info!("{name} received");
-                token.cancel();
-            }
+            each(name);
         }
     }))
 }
 
-/// SIGUSR1 drains the worker, SIGUSR2 resumes it (the operator's lever, like `queue-worker
-/// drain` / `resume`). Runs until the caller aborts the returned task.
-fn lever_on_signals(lever: Lever) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let drain = tokio::select! {
-                s = usr1.recv() => s.map(|_| true),
-                s = usr2.recv() => s.map(|_| false),
-            };
-            let Some(drain) = drain else { return };
-            tracing::info!(
-                "{} received: {}",
-                if drain { "SIGUSR1" } else { "SIGUSR2" },
-                if drain { "drain" } else { "resume" }
-            );
-            if drain {
-                lever.drain();
-            } else {
-                lever.resume();
-            }
+/// Fires the token on SIGTERM or SIGINT (a second signal does not kill: the drain has a deadline,
+/// so later signals are only logged).
+fn shutdown_on_signals(token: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let term = (SignalKind::terminate(), "SIGTERM");
+    let int = (SignalKind::interrupt(), "SIGINT");
+    on_signals(term, int, move |name| {
+        if token.is_cancelled() {
+            tracing::info!("{name} received again; already shutting down");
+        } else {
+            tracing::info!("{name} received");
+            token.cancel();
         }
-    }))
+    })
+}
+
+/// SIGUSR1 drains the worker, SIGUSR2 resumes it (the operator's lever, like `queue-worker
+/// drain` / `resume`).
+fn lever_on_signals(lever: Lever) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let usr1 = (SignalKind::user_defined1(), "SIGUSR1");
+    let usr2 = (SignalKind::user_defined2(), "SIGUSR2");
+    on_signals(usr1, usr2, move |name| {
+        if name == "SIGUSR1" {
+            tracing::info!("{name} received: drain");
+            lever.drain();
+        } else {
+            tracing::info!("{name} received: resume");
+            lever.resume();
+        }
+    })
 }
 
 async fn run(args: RunArgs) -> Result<Done, CliError> {

@@ -15,6 +15,7 @@ use super::settle;
 use crate::handler::{unwrap_sns, Handler, Job, Outcome};
 use crate::sqs::Received;
 use crate::stats::Stats;
+use crate::sync::sleep_until_opt;
 
 /// How long a timed-out job's handler gets to stop after its cancel token fires.
 const JOB_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -135,7 +136,7 @@ pub(super) async fn run_job<H: Handler>(
                     Ending::Cancelled
                 }
                 r = &mut work => Ending::Done(r.unwrap_or_else(panicked)),
-                _ = sleep_opt(shared.config.job_timeout) => {
+                _ = sleep_until_opt(shared.config.job_timeout.map(|t| started + t)) => {
                     job_token.cancel();
                     // Let the handler stop its work (an exec child gets SIGTERM) before dropping it.
                     let _ = tokio::time::timeout(JOB_STOP_GRACE, &mut work).await;
@@ -189,13 +190,6 @@ pub(super) async fn run_job<H: Handler>(
     }
     shared.running.done(1);
     succeeded
-}
-
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -287,25 +287,11 @@ impl<H: Handler> Poller<H> {
                 }
             };
             if self.shutdown.is_cancelled() {
-                if !messages.is_empty() {
-                    tracing::info!(
-                        queue_url = url,
-                        count = messages.len(),
-                        "shutting down: returning messages received during the last poll"
-                    );
-                    self.shared.sqs.return_now(url, &messages).await;
-                }
+                self.hand_back(&messages, "shutting down").await;
                 break;
             }
             if self.yielding.current().is_some() {
-                if !messages.is_empty() {
-                    tracing::info!(
-                        queue_url = url,
-                        count = messages.len(),
-                        "yielding: returning messages received during the last poll"
-                    );
-                    self.shared.sqs.return_now(url, &messages).await;
-                }
+                self.hand_back(&messages, "yielding").await;
                 continue;
             }
             // A full batch: more may be waiting, so the extra lanes join in; anything less: the
@@ -340,6 +326,20 @@ impl<H: Handler> Poller<H> {
 
     fn jobs_running(&self) -> bool {
         self.shared.running.any()
+    }
+
+    /// Messages that arrived when they can no longer start: back to the queue at once.
+    async fn hand_back(&self, messages: &[Received], why: &str) {
+        if messages.is_empty() {
+            return;
+        }
+        let url = &*self.queue.url;
+        tracing::info!(
+            queue_url = url,
+            count = messages.len(),
+            "{why}: returning messages received during the last poll"
+        );
+        self.shared.sqs.return_now(url, messages).await;
     }
 
     /// The primary lane's heartbeat for `/health` (the extra lanes come and go).

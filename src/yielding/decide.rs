@@ -227,82 +227,48 @@ mod tests {
         );
     }
 
+    /// What an old task of a 2-task service decides, mid-deployment at `max`/`min` percent, with
+    /// `new` = (running, pending) of the new deployment and `old` old tasks running.
+    fn old_task_in(max: u32, min: u32, new: (u32, u32), old: u32) -> First {
+        let deployments = vec![dep(true, V2, 2, new.0, new.1), dep(false, V1, 2, old, 0)];
+        first(&service(2, max, min, deployments), &me(V1))
+    }
+
+    fn choose(count: u32) -> First {
+        First::Choose {
+            reason: Reason::Deployment,
+            count,
+        }
+    }
+
+    const ALL: First = First::YieldAll(Reason::Deployment);
+
     #[test]
     fn deployment_at_200_percent_waits_for_the_new_tasks_then_all_old_ones_go() {
         // New tasks starting: the old ones keep working.
-        let s = service(
-            2,
-            200,
-            100,
-            vec![dep(true, V2, 2, 0, 2), dep(false, V1, 2, 2, 0)],
-        );
-        assert_eq!(first(&s, &me(V1)), First::Stay);
-        // One new task runs: one old one may go.
-        let s = service(
-            2,
-            200,
-            100,
-            vec![dep(true, V2, 2, 1, 1), dep(false, V1, 2, 2, 0)],
-        );
-        assert_eq!(
-            first(&s, &me(V1)),
-            First::Choose {
-                reason: Reason::Deployment,
-                count: 1
-            }
-        );
-        // Both run: every old task goes.
+        assert_eq!(old_task_in(200, 100, (0, 2), 2), First::Stay);
+        // One new task runs: one old one may go. Both run: every old task goes.
+        assert_eq!(old_task_in(200, 100, (1, 1), 2), choose(1));
+        assert_eq!(old_task_in(200, 100, (2, 0), 2), ALL);
+        // The new tasks never yield for a deployment.
         let s = service(
             2,
             200,
             100,
             vec![dep(true, V2, 2, 2, 0), dep(false, V1, 2, 2, 0)],
         );
-        assert_eq!(first(&s, &me(V1)), First::YieldAll(Reason::Deployment));
-        // The new tasks never yield for a deployment.
         assert_eq!(first(&s, &me(V2)), First::Stay);
     }
 
     #[test]
     fn deployment_at_100_percent_makes_room_first_without_deadlock() {
         // ECS can start no new task until an old one stops: both old ones must make room.
-        let s = service(
-            2,
-            100,
-            0,
-            vec![dep(true, V2, 2, 0, 0), dep(false, V1, 2, 2, 0)],
-        );
-        assert_eq!(first(&s, &me(V1)), First::YieldAll(Reason::Deployment));
-        // With a healthy floor of 50 %, one at a time.
-        let s = service(
-            2,
-            100,
-            50,
-            vec![dep(true, V2, 2, 0, 0), dep(false, V1, 2, 2, 0)],
-        );
-        assert_eq!(
-            first(&s, &me(V1)),
-            First::Choose {
-                reason: Reason::Deployment,
-                count: 1
-            }
-        );
-        // Its replacement runs: the last old one goes.
-        let s = service(
-            2,
-            100,
-            50,
-            vec![dep(true, V2, 2, 1, 0), dep(false, V1, 2, 1, 0)],
-        );
-        assert_eq!(first(&s, &me(V1)), First::YieldAll(Reason::Deployment));
+        assert_eq!(old_task_in(100, 0, (0, 0), 2), ALL);
+        // With a healthy floor of 50 %, one at a time; once its replacement runs, the last one.
+        assert_eq!(old_task_in(100, 50, (0, 0), 2), choose(1));
+        assert_eq!(old_task_in(100, 50, (1, 0), 1), ALL);
         // A replacement still starting, at the ceiling: nobody more.
-        let s = service(
-            2,
-            150,
-            100,
-            vec![dep(true, V2, 2, 0, 1), dep(false, V1, 2, 2, 0)],
-        );
-        assert_eq!(first(&s, &me(V1)), First::Stay);
+        assert_eq!(old_task_in(150, 100, (0, 1), 2), First::Stay);
     }
 
     #[test]

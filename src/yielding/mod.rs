@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::protection::Status;
-use crate::sync::lock;
+use crate::sync::{lock, sleep_until_opt};
 use crate::worker::RunningJobs;
 pub(crate) use decide::Reason;
 
@@ -233,13 +233,6 @@ pub(crate) async fn watch_local(src: Local, stop: CancellationToken) {
     }
 }
 
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,27 +254,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_lever_works_without_protection_too() {
         // A disabled protector's status channel is closed from the start.
-        let yielding = Arc::new(Yielding::default());
-        let (tx, rx) = watch::channel(Status::Disabled);
-        drop(tx);
-        let lever = Lever::new();
-        let stop = CancellationToken::new();
-        tokio::spawn(watch_local(
-            Local {
-                yielding: yielding.clone(),
-                protection: rx,
-                running: Arc::default(),
-                lever: lever.clone(),
-                max_protected: None,
-                idle_window: Duration::from_secs(5),
-            },
-            stop.clone(),
-        ));
+        let r = rig(None);
+        drop(r.status);
         settle().await;
-        lever.drain();
+        r.lever.drain();
         settle().await;
-        assert_eq!(yielding.current(), Some(Reason::Operator));
-        stop.cancel();
+        assert_eq!(r.yielding.current(), Some(Reason::Operator));
+        r.stop.cancel();
     }
 
     fn rig(max_protected: Option<Duration>) -> Rig {

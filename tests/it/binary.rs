@@ -14,6 +14,23 @@ fn worker(args: &[&str]) -> Command {
     cmd
 }
 
+/// A worker on `q` with 1 s polls, serving /health (and /drain, /resume) on `addr`.
+fn serving(q: &str, addr: &str) -> std::process::Child {
+    worker(&[
+        "run",
+        "--queue-url",
+        q,
+        "--wait-time",
+        "1s",
+        "--metrics-addr",
+        addr,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn worker")
+}
+
 /// Waits (bounded) for a child to exit; kills it and fails if it does not.
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
     let end = std::time::Instant::now() + within;
@@ -180,18 +197,7 @@ async fn the_health_subcommand_asks_the_running_worker() {
             .expect("health")
     };
     assert_eq!(probe().status.code(), Some(1), "no worker yet: unhealthy");
-    let mut child = worker(&[
-        "run",
-        "--queue-url",
-        &q,
-        "--wait-time",
-        "1s",
-        "--metrics-addr",
-        &addr,
-    ])
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn");
+    let mut child = serving(&q, &addr);
     let healthy = wait_until(Duration::from_secs(10), || async {
         probe().status.success()
     })
@@ -276,19 +282,7 @@ async fn drain_and_resume_by_command_and_by_signal() {
     let c = client();
     let q = create_queue(&c, "lever", &[]).await;
     let addr = free_addr().to_string();
-    let mut child = worker(&[
-        "run",
-        "--queue-url",
-        &q,
-        "--wait-time",
-        "1s",
-        "--metrics-addr",
-        &addr,
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn worker");
+    let mut child = serving(&q, &addr);
     let health = || worker(&["health", "--metrics-addr", &addr]).output();
     assert!(
         wait_until(Duration::from_secs(15), || async {

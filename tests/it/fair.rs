@@ -20,8 +20,22 @@ const JOB: Duration = Duration::from_millis(400);
 /// (group id, body, start, end) of each job.
 type Runs = Arc<Mutex<Vec<(Option<String>, String, Instant, Instant)>>>;
 
-/// Runs the queue's 4 messages (each a 400 ms job) at concurrency 4; returns the jobs.
-async fn run_four(moto: &Moto, q: &str) -> Vec<(Option<String>, String, Instant, Instant)> {
+/// Sends 4 messages of one group (m0..m3) and runs them (each a 400 ms job) at concurrency 4;
+/// returns the jobs, in the order they started.
+async fn run_four(
+    moto: &Moto,
+    c: &aws_sdk_sqs::Client,
+    q: &str,
+) -> Vec<(Option<String>, String, Instant, Instant)> {
+    for i in 0..4 {
+        c.send_message()
+            .queue_url(q)
+            .message_body(format!("m{i}"))
+            .message_group_id("tenant-7")
+            .send()
+            .await
+            .expect("send with a group id");
+    }
     let runs: Runs = Arc::default();
     let seen = runs.clone();
     let handler = handler_fn(move |job: Job| {
@@ -61,16 +75,7 @@ async fn a_standard_queues_group_runs_in_parallel() {
     let moto = Moto::start();
     let c = moto_sqs(&moto);
     let q = create_queue(&c, "fair", &[]).await;
-    for i in 0..4 {
-        c.send_message()
-            .queue_url(&q)
-            .message_body(format!("m{i}"))
-            .message_group_id("tenant-7")
-            .send()
-            .await
-            .expect("send with a group id to a standard queue");
-    }
-    let runs = run_four(&moto, &q).await;
+    let runs = run_four(&moto, &c, &q).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
     assert!(
         runs.iter().all(|r| r.0.as_deref() == Some("tenant-7")),
@@ -99,16 +104,7 @@ async fn a_fifo_queues_group_runs_in_order_one_at_a_time() {
         .ok()
         .and_then(|o| o.queue_url)
         .expect("fifo queue");
-    for i in 0..4 {
-        c.send_message()
-            .queue_url(&q)
-            .message_body(format!("m{i}"))
-            .message_group_id("tenant-7")
-            .send()
-            .await
-            .expect("send");
-    }
-    let runs = run_four(&moto, &q).await;
+    let runs = run_four(&moto, &c, &q).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
     let bodies: Vec<&str> = runs.iter().map(|r| r.1.as_str()).collect();
     assert_eq!(bodies, ["m0", "m1", "m2", "m3"], "in order");

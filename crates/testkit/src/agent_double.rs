@@ -7,7 +7,7 @@
 //! `ECS_CONTAINER_METADATA_URI_V4`.
 //!
 //! Shapes, status codes and the order of checks follow the agent's
-//! `ecs-agent/tmds/handlers/taskprotection/v1` handlers (platform-facts §1):
+//! `ecs-agent/tmds/handlers/taskprotection/v1` handlers of the ECS agent (v1.105.1):
 //!
 //! 1. `PUT` body that does not decode (empty, not JSON, unknown field, wrong type) → 400
 //!    `InvalidParameterException` without `Arn`, even for an unknown endpoint id.
@@ -30,7 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::killable::{ConnAddr, KillableListener};
+use crate::lock;
 
 /// The agent's HTTP server write timeout (`writeTimeout` in the agent's task server setup):
 /// a response not written within 5 s is never written.
@@ -538,11 +539,6 @@ impl TaskInner {
         }
         self.default_reply.clone()
     }
-}
-
-/// A test must be able to read state after a panicking handler, so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------------------------

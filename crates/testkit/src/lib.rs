@@ -24,5 +24,11 @@ pub mod killable;
 pub mod local_ecs;
 pub mod tasks;
 
+/// Locks `m`, also after a panic poisoned it: a test must be able to read the doubles' state after
+/// a panicking handler, and every lock here guards maps and counters updated in single steps.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// ECS sends SIGKILL 30 s after SIGTERM unless the task definition's `stopTimeout` says otherwise.
 pub const ECS_DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

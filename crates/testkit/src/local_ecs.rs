@@ -37,7 +37,7 @@ use std::ffi::OsString;
 use std::io::{LineWriter, Write};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{RawQuery, State};
@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent_double::{AgentDouble, ReplyKind, TaskEndpoint, DEFAULT_EXPIRES_IN_MINUTES};
+use crate::lock;
 use crate::ECS_DEFAULT_STOP_TIMEOUT;
 
 pub mod ecs_api;
@@ -492,10 +493,6 @@ struct Inner {
     ecs_endpoint: String,
     api: Mutex<ecs_api::ApiState>,
     timeline: Option<Mutex<LineWriter<std::fs::File>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A running local service. Stop it with [`LocalEcs::shutdown`]; dropping it SIGKILLs the tasks.
