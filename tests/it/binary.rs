@@ -15,7 +15,7 @@ fn worker(args: &[&str]) -> Command {
 }
 
 /// A worker on `q` with 1 s polls, serving /health (and /drain, /resume) on `addr`.
-fn serving(q: &str, addr: &str) -> std::process::Child {
+fn serving(q: &str, addr: &str) -> Reaped {
     worker(&[
         "run",
         "--queue-url",
@@ -28,22 +28,8 @@ fn serving(q: &str, addr: &str) -> std::process::Child {
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
+    .map(Reaped)
     .expect("spawn worker")
-}
-
-/// Waits (bounded) for a child to exit; kills it and fails if it does not.
-fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
-    let end = std::time::Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if std::time::Instant::now() > end {
-            let _ = child.kill();
-            panic!("worker did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +49,7 @@ async fn sigterm_mid_job_returns_the_message_at_once_and_exits_0() {
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
+    .map(Reaped)
     .expect("spawn worker");
     assert!(
         wait_until(Duration::from_secs(15), || async {
@@ -97,6 +84,7 @@ async fn an_idle_worker_exits_promptly_on_sigint_even_mid_poll() {
     let mut child = worker(&["run", "--queue-url", &q, "--wait-time", "20s"])
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .expect("spawn");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = std::time::Instant::now();
@@ -256,7 +244,11 @@ async fn the_worker_listens_on_nothing_by_default_and_only_on_the_metrics_addres
         if let Some(a) = metrics {
             args.extend(["--metrics-addr", a]);
         }
-        let mut child = worker(&args).stderr(Stdio::null()).spawn().expect("spawn");
+        let mut child = worker(&args)
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Reaped)
+            .expect("spawn");
         // Time to start and poll at least once (1 s long polls).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let sockets = listening(child.id());

@@ -64,6 +64,7 @@ async fn drain_with(kind: &str, n: usize) -> usize {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .expect("spawn worker");
     let drained = wait_until(Duration::from_secs(30), || async {
         counts(&c, &q).await == (0, 0)
