@@ -78,14 +78,36 @@ impl Worker {
     }
     /// Peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        proc_mem(self.child.id()).map_or(0, |m| m.hwm_kib)
+    }
+}
+
+/// A process's resident memory, from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mem {
+    /// `VmHWM`: the peak resident set size so far.
+    pub hwm_kib: u64,
+    /// `VmRSS`: the resident set size now.
+    pub rss_kib: u64,
+    /// `RssAnon`: the part of `VmRSS` that is heap and stacks (the rest is mapped files, such
+    /// as the binary's own pages, and shared memory).
+    pub anon_kib: u64,
+}
+
+/// The memory of process `pid` now; None once it is gone (or on a system without `/proc`).
+pub fn proc_mem(pid: u32) -> Option<Mem> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |field: &str| {
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
+    };
+    Some(Mem {
+        hwm_kib: kib("VmHWM:")?,
+        rss_kib: kib("VmRSS:")?,
+        anon_kib: kib("RssAnon:")?,
+    })
 }
 
 /// Waits (bounded) for a child to exit; kills it and fails if it does not.
@@ -111,11 +133,22 @@ fn stop(w: &mut Worker, within: Duration) -> ExitStatus {
 
 /// Every JSON line of a log file (other lines are skipped).
 pub fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    let mut all = Vec::new();
+    for_each_json_line(path, |v| all.push(v));
+    all
+}
+
+/// [`json_lines`] one at a time, without holding the file or its lines (the soak's logs run to
+/// millions of lines); a missing file has none.
+pub fn for_each_json_line(path: &Path, mut f: impl FnMut(Value)) {
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
+    for line in std::io::BufRead::lines(std::io::BufReader::new(file)).map_while(Result::ok) {
+        if let Ok(v) = serde_json::from_str(&line) {
+            f(v);
+        }
+    }
 }
 
 /// The message id a job's log line is about (its span's field).

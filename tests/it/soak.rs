@@ -2,7 +2,9 @@
 //! tasks are stopped with SIGTERM at random, checked by exact accounting at the end.
 //!
 //! Skipped by `cargo test`; `scripts/soak.sh [--messages N] [--restarts R]` runs it. Settings
-//! come from env vars: `SOAK_MESSAGES` (100000), `SOAK_RESTARTS` (10), `SOAK_TASKS` (3).
+//! come from env vars: `SOAK_MESSAGES` (100000, at most 1000000), `SOAK_RESTARTS` (10),
+//! `SOAK_TASKS` (3), `SOAK_WORKER_BIN` (the worker binary the fleet runs; by default the debug
+//! build `cargo test` made, so the figures are a debug build's unless it is set).
 //!
 //! Every body carries its unique sequence number inside the simulated job's duration, as
 //! nanoseconds (`{"duration":"2ms 4711ns","fail":true}`, or plain `2ms 4711ns`), and the
@@ -17,14 +19,29 @@
 //! Restarts are SIGTERMs sent straight to a random task, as ECS does for `StopTask` or a Spot
 //! interruption (task protection does not hold those back; a deployment, which protection does
 //! hold back, is `local_ecs::deploy_replaces_tasks_without_interrupting_jobs`). `local-ecs`
-//! starts a replacement, as the ECS scheduler would.
+//! starts a replacement (a new task number, a new process), as the ECS scheduler would. With 2
+//! or more tasks the restarts spare task 1, so that one process lives through the whole soak.
+//!
+//! Memory: every loop turn (250 ms) the soak reads `VmHWM`, `VmRSS` and `RssAnon` (heap and
+//! stacks, without the binary's mapped pages) from `/proc/<pid>/status` of every live task
+//! process (`Control::pids()`), and records a checkpoint of all of them each time the settled
+//! count (sent minus what is still on the queue) first reaches a multiple of 100,000, and at the
+//! end (before local-ecs stops the fleet). The report's `memory` holds the checkpoints, each
+//! process's last reading and peaks, and the long-lived process's series, so the same process
+//! can be compared at 100,000 and at 1,000,000 messages, and processes started late with those
+//! started early. A process's last ≤ 250 ms (its shutdown) is not sampled. A process's peak is
+//! the highest VmHWM or VmRSS read (the kernel's VmHWM can dip: see [`ProcMem::peak_kib`]); the
+//! soak fails if any worker process's peak exceeds 64 MiB ([`MAX_WORKER_HWM_KIB`]). Every 10 s
+//! a progress line (sent, settled, the queue's visible and in-flight counts) goes to stderr.
 //!
 //! Per-message outcomes come from the tasks' JSON logs: a `done` line (the job succeeded and its
 //! delete was queued), `job failed`, `cancelled at the shutdown deadline`, each in a span naming
 //! the message id. At the end: the queue is empty; the distinct ids that succeeded and the ids in
 //! the DLQ are disjoint and together exactly the ids sent; the DLQ holds exactly the always-fail
-//! ones; every task exited 0; and every duplicate (an id that succeeded twice) is explained by a
-//! logged delete or visibility failure or a SIGKILLed task, or the soak fails.
+//! ones; every task exited 0; every duplicate (an id that succeeded twice) is explained by a
+//! logged delete or visibility failure or a SIGKILLed task; and no worker's peak RSS went above
+//! the bound, or the soak fails. The logs are read a line at a time: at a million messages they
+//! hold millions of lines.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,12 +54,23 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 use testkit::local_ecs::{Echo, EventKind};
 
-use crate::drills_process::{drain_all, json_lines, message_id, Outcomes};
-use crate::local_ecs::fleet_with;
+use crate::drills_process::{drain_all, for_each_json_line, message_id, proc_mem, Mem, Outcomes};
+use crate::local_ecs::fleet_tuned;
 use crate::support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MAX_RECEIVES: u32 = 5;
+/// The most messages: sequence numbers (0..n) ride in a job's duration as nanoseconds and must
+/// stay below 1 ms, so they do not change the job's kind.
+const MAX_MESSAGES: usize = 1_000_000;
+/// A worker process whose peak RSS (the highest VmHWM or VmRSS read) goes above this fails the
+/// soak: 64 MiB, twice what a debug worker peaks at here (33 MiB; a release one, 20 MiB), so
+/// only memory that grows with the message count (or a gross regression) trips it.
+const MAX_WORKER_HWM_KIB: u64 = 64 * 1024;
+/// A memory checkpoint each time this many more messages have settled (and one at the end).
+const CHECKPOINT_EVERY: usize = 100_000;
+/// The task the restarts spare (when there are others): one process lives through the soak.
+const SPARED_TASK: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Kind {
@@ -80,6 +108,175 @@ fn seq_of(body: &str) -> Option<usize> {
         .rfind(|c: char| !c.is_ascii_digit())
         .map_or(0, |i| i + 1);
     body[start..end].parse().ok()
+}
+
+/// `x` to one decimal.
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Where the soak stands at one turn of its loop.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Seconds since the start.
+    at_s: f64,
+    sent: usize,
+    /// Sent and no longer on the queue: deleted after success, or moved to the DLQ.
+    settled: usize,
+    /// The queue's visible and in-flight messages.
+    queue: (u64, u64),
+}
+
+/// One worker process as sampled (a task number is one process: a replacement is a new task).
+#[derive(Debug, Clone)]
+struct ProcMem {
+    pid: u32,
+    /// (seconds since the start, messages settled) when first and last read.
+    first: (f64, usize),
+    last: (f64, usize),
+    /// The last reading.
+    mem: Mem,
+    /// The highest VmHWM or VmRSS read: the kernel's VmHWM is max(its high-water mark, VmRSS)
+    /// and the mark is updated lazily (on unmaps), so a reading can dip below an earlier VmRSS
+    /// after the allocator hands pages back.
+    peak_kib: u64,
+    rss_max_kib: u64,
+    anon_max_kib: u64,
+}
+
+/// The task processes' memory through the soak: per process, and at checkpoints.
+#[derive(Debug, Default)]
+struct MemWatch {
+    procs: BTreeMap<u32, ProcMem>,
+    checkpoints: Vec<Value>,
+}
+
+impl MemWatch {
+    /// Reads the memory of every process in `pids` (task, pid) still alive; returns the readings.
+    fn sample(&mut self, pids: &[(u32, u32)], now: Progress) -> Vec<(u32, u32, Mem)> {
+        let (at_s, settled) = (now.at_s, now.settled);
+        let mut live = Vec::new();
+        for &(task, pid) in pids {
+            let Some(mem) = proc_mem(pid) else { continue };
+            let p = self.procs.entry(task).or_insert(ProcMem {
+                pid,
+                first: (at_s, settled),
+                last: (at_s, settled),
+                mem,
+                peak_kib: 0,
+                rss_max_kib: 0,
+                anon_max_kib: 0,
+            });
+            p.last = (at_s, settled);
+            p.mem = mem;
+            p.peak_kib = p.peak_kib.max(mem.hwm_kib).max(mem.rss_kib);
+            p.rss_max_kib = p.rss_max_kib.max(mem.rss_kib);
+            p.anon_max_kib = p.anon_max_kib.max(mem.anon_kib);
+            live.push((task, pid, mem));
+        }
+        live
+    }
+
+    /// Samples, and records the readings as checkpoint `at`, with the emulator's memory beside.
+    fn checkpoint(&mut self, at: &str, pids: &[(u32, u32)], now: Progress) {
+        let live = self.sample(pids, now);
+        let fauxqs = proc_mem(fauxqs().pid());
+        let row = json!({
+            "at": at,
+            "settled": now.settled,
+            "sent": now.sent,
+            "queue_visible_in_flight": [now.queue.0, now.queue.1],
+            "at_s": round1(now.at_s),
+            "processes": live
+                .iter()
+                .map(|(task, pid, m)| {
+                    json!({"task": task, "pid": pid, "vmhwm_kib": m.hwm_kib, "vmrss_kib": m.rss_kib, "rss_anon_kib": m.anon_kib})
+                })
+                .collect::<Vec<_>>(),
+            "max_vmhwm_kib_live": live.iter().map(|l| l.2.hwm_kib).max(),
+            "max_peak_kib_so_far": self.max_peak_kib(|_, _| true),
+            "fauxqs": fauxqs.map(|m| json!({"vmhwm_kib": m.hwm_kib, "vmrss_kib": m.rss_kib, "rss_anon_kib": m.anon_kib})),
+        });
+        eprintln!("soak: memory at {at}: {row}");
+        self.checkpoints.push(row);
+    }
+
+    /// The highest peak of the processes `which` (task, process) selects.
+    fn max_peak_kib(&self, which: impl Fn(u32, &ProcMem) -> bool) -> Option<u64> {
+        self.procs
+            .iter()
+            .filter(|(t, p)| which(**t, p))
+            .map(|(_, p)| p.peak_kib)
+            .max()
+    }
+
+    /// The report's `memory`: checkpoints, every process, the longest-lived one's series (the
+    /// lowest task number of those alive longest), and the peaks of the first tasks against
+    /// those of replacements started in the second half.
+    fn report(&self, n: usize, tasks: usize, jobs_done: &BTreeMap<u32, usize>) -> Value {
+        let processes: Vec<Value> = self
+            .procs
+            .iter()
+            .map(|(task, p)| {
+                json!({
+                    "task": task,
+                    "pid": p.pid,
+                    "first_seen_s": round1(p.first.0),
+                    "first_seen_settled": p.first.1,
+                    "last_seen_s": round1(p.last.0),
+                    "last_seen_settled": p.last.1,
+                    "jobs_done": jobs_done.get(task).copied().unwrap_or(0),
+                    "peak_kib": p.peak_kib,
+                    "vmhwm_last_kib": p.mem.hwm_kib,
+                    "vmrss_last_kib": p.mem.rss_kib,
+                    "vmrss_max_kib": p.rss_max_kib,
+                    "rss_anon_last_kib": p.mem.anon_kib,
+                    "rss_anon_max_kib": p.anon_max_kib,
+                })
+            })
+            .collect();
+        let long_lived = self
+            .procs
+            .iter()
+            .rev()
+            .max_by_key(|(_, p)| p.last.1 - p.first.1)
+            .map(|(task, p)| {
+                let series: Vec<Value> = self
+                    .checkpoints
+                    .iter()
+                    .filter_map(|c| {
+                        let row = c["processes"]
+                            .as_array()?
+                            .iter()
+                            .find(|r| r["pid"] == p.pid)?;
+                        Some(json!({
+                            "at": c["at"],
+                            "vmhwm_kib": row["vmhwm_kib"],
+                            "vmrss_kib": row["vmrss_kib"],
+                            "rss_anon_kib": row["rss_anon_kib"],
+                        }))
+                    })
+                    .collect();
+                json!({
+                    "task": task,
+                    "pid": p.pid,
+                    "jobs_done": jobs_done.get(task).copied().unwrap_or(0),
+                    "settled_while_alive": p.last.1 - p.first.1,
+                    "series": series,
+                })
+            });
+        let first_tasks = |t: u32, _: &ProcMem| t as usize <= tasks;
+        json!({
+            "bound_peak_kib": MAX_WORKER_HWM_KIB,
+            "sampled_every_ms": 250,
+            "max_peak_kib": self.max_peak_kib(|_, _| true),
+            "max_peak_kib_first_tasks": self.max_peak_kib(first_tasks),
+            "max_peak_kib_started_in_second_half": self.max_peak_kib(|t, p| !first_tasks(t, p) && p.first.1 >= n / 2),
+            "long_lived": long_lived,
+            "checkpoints": self.checkpoints,
+            "processes": processes,
+        })
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -145,13 +342,23 @@ async fn soak() {
     let n = env_usize("SOAK_MESSAGES", 100_000);
     let restarts = env_usize("SOAK_RESTARTS", 10);
     let tasks = env_usize("SOAK_TASKS", 3);
-    assert!(n < 1_000_000, "the sequence number must stay below 1 ms");
+    assert!(
+        (1..=MAX_MESSAGES).contains(&n),
+        "SOAK_MESSAGES must be 1..={MAX_MESSAGES}: the sequence number must stay below 1 ms"
+    );
+    let worker = std::env::var_os("SOAK_WORKER_BIN").map(std::path::PathBuf::from);
+    let worker_report = match &worker {
+        Some(bin) => json!({"bin": bin.display().to_string(), "from": "SOAK_WORKER_BIN"}),
+        None => {
+            json!({"bin": worker_bin().display().to_string(), "from": "cargo test's debug build"})
+        }
+    };
     let started = Instant::now();
     let c = client();
     let (q, dlq) = queue_with_redrive(&c, MAX_RECEIVES).await;
 
-    // The fleet: local-ecs's test fleet with the soak's own timings.
-    let fleet = fleet_with(
+    // The fleet: local-ecs's test fleet with the soak's own timings (and worker, if given).
+    let fleet = fleet_tuned(
         tasks,
         &q,
         &[
@@ -164,6 +371,11 @@ async fn soak() {
             ("WORKER_VISIBILITY_TIMEOUT", "10s"),
         ],
         Echo::Off,
+        |spec| {
+            if let Some(bin) = worker {
+                spec.program = bin;
+            }
+        },
     )
     .await;
     let (ecs, control, logs) = (fleet.ecs, fleet.control, fleet.logs);
@@ -200,6 +412,10 @@ async fn soak() {
     let mut restarted: Vec<(u32, f64)> = Vec::new();
     let mut settled_checks = 0;
     let mut rng = fastrand::Rng::with_seed(n as u64 ^ restarts as u64);
+    let mut mem = MemWatch::default();
+    let mut next_checkpoint = CHECKPOINT_EVERY;
+    let mut now;
+    let mut next_progress_line = 10.0;
     loop {
         assert!(
             started.elapsed() < timeout,
@@ -212,6 +428,25 @@ async fn soak() {
         let sent_now = sent_count.load(Ordering::Relaxed);
         let (visible, in_flight) = counts(&c, &q).await;
         let settled_now = sent_now.saturating_sub((visible + in_flight) as usize);
+        now = Progress {
+            at_s: started.elapsed().as_secs_f64(),
+            sent: sent_now,
+            settled: settled_now,
+            queue: (visible, in_flight),
+        };
+        if now.at_s >= next_progress_line {
+            eprintln!(
+                "soak: {:.0}s: sent {sent_now}, settled {settled_now}, queue {visible} visible + {in_flight} in flight",
+                now.at_s
+            );
+            next_progress_line += 10.0;
+        }
+        let pids = control.pids();
+        mem.sample(&pids, now);
+        while next_checkpoint < n && settled_now >= next_checkpoint {
+            mem.checkpoint(&next_checkpoint.to_string(), &pids, now);
+            next_checkpoint += CHECKPOINT_EVERY;
+        }
         let progress = settled_now as f64 / n as f64;
         if restarted.len() < restarts
             && progress >= (restarted.len() + 1) as f64 / (restarts + 1) as f64
@@ -220,7 +455,7 @@ async fn soak() {
                 .status()
                 .tasks
                 .into_iter()
-                .filter(|t| t.stopping.is_none())
+                .filter(|t| t.stopping.is_none() && (tasks < 2 || t.task != SPARED_TASK))
                 .collect();
             if !running.is_empty() {
                 let t = &running[rng.usize(..running.len())];
@@ -247,6 +482,7 @@ async fn soak() {
         }
     }
     let processing_s = started.elapsed().as_secs_f64();
+    mem.checkpoint("end", &control.pids(), now);
     let sent = sender.await.expect("sender");
     let events = control.events();
     let tasks_started = events
@@ -258,19 +494,49 @@ async fn soak() {
         .expect("local-ecs shuts down");
     let events = control.events();
 
-    // Accounting.
-    let mut task_logs: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+    // Accounting, a log line at a time: the outcomes, which tasks ran each id to success, and
+    // the lines that can explain a duplicate.
+    let trouble = |v: &Value| {
+        let m = v["message"].as_str().unwrap_or_default();
+        [
+            "delete refused",
+            "delete batch failed",
+            "could not delete",
+            "pending deletes could not be sent",
+            "deleter already stopped",
+            "could not extend visibility",
+            "visibility extension failed",
+            "jobs did not stop after cancellation",
+        ]
+        .iter()
+        .any(|t| m.contains(t))
+    };
+    let mut out = Outcomes::default();
+    let mut done_in: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut jobs_done: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut trouble_lines: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
     for entry in std::fs::read_dir(&logs).expect("log dir").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(task) = name
+        let Some(task) = name
             .strip_prefix("task-")
             .and_then(|s| s.strip_suffix(".log"))
-            .and_then(|s| s.parse().ok())
-        {
-            task_logs.insert(task, json_lines(&entry.path()));
-        }
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        for_each_json_line(&entry.path(), |v| {
+            out.add(std::slice::from_ref(&v));
+            if v["message"] == "done" {
+                if let Some(id) = message_id(&v) {
+                    done_in.entry(id.to_owned()).or_default().push(task);
+                    *jobs_done.entry(task).or_default() += 1;
+                }
+            }
+            if trouble(&v) {
+                trouble_lines.entry(task).or_default().push(v);
+            }
+        });
     }
-    let out = Outcomes::from_logs(task_logs.values());
     let seq_by_id: HashMap<String, usize> = sent.iter().map(|(s, id)| (id.clone(), *s)).collect();
     let sent_ids: HashSet<String> = seq_by_id.keys().cloned().collect();
     assert_eq!(
@@ -324,42 +590,22 @@ async fn soak() {
             _ => None,
         })
         .collect();
-    let trouble = |v: &Value| {
-        let m = v["message"].as_str().unwrap_or_default();
-        [
-            "delete refused",
-            "delete batch failed",
-            "could not delete",
-            "pending deletes could not be sent",
-            "deleter already stopped",
-            "could not extend visibility",
-            "visibility extension failed",
-            "jobs did not stop after cancellation",
-        ]
-        .iter()
-        .any(|t| m.contains(t))
-    };
     let mut duplicates = Vec::new();
     let mut unexplained = Vec::new();
     for id in out.duplicates() {
-        let done_in: Vec<u32> = task_logs
-            .iter()
-            .filter(|(_, l)| {
-                l.iter()
-                    .any(|v| v["message"] == "done" && message_id(v) == Some(&id))
-            })
-            .map(|(t, _)| *t)
-            .collect();
+        let mut done_in = done_in.get(&id).cloned().unwrap_or_default();
+        done_in.sort_unstable();
+        done_in.dedup();
         let mut why: Vec<String> = done_in
             .iter()
             .filter(|t| sigkilled.contains(t))
             .map(|t| format!("task {t} was SIGKILLed"))
             .collect();
         for t in &done_in {
-            for v in &task_logs[t] {
+            for v in trouble_lines.get(t).into_iter().flatten() {
                 let about = v["message_id"].as_str() == Some(&id) || message_id(v) == Some(&id);
                 let general = v["message_id"].is_null() && message_id(v).is_none();
-                if trouble(v) && (about || general) {
+                if about || general {
                     why.push(format!(
                         "task {t}: {}",
                         v["message"].as_str().unwrap_or_default()
@@ -389,10 +635,15 @@ async fn soak() {
         .collect();
     let final_counts = counts(&c, &q).await;
     let by_kind = |k: Kind| (0..n).filter(|s| kind_of(*s) == k).count();
+    let mut memory = mem.report(n, tasks, &jobs_done);
+    memory["worker"] = worker_report;
+    // The test process holds every id for the accounting: it grows with the count by design.
+    memory["test_process_vmhwm_kib"] = json!(proc_mem(std::process::id()).map(|m| m.hwm_kib));
     let report = json!({
         "sent": n,
         "tasks": tasks,
         "restarts": restarted.len(),
+        "restarts_spare_task": (tasks >= 2).then_some(SPARED_TASK),
         "restart_points_pct": restarted.iter().map(|(_, p)| (p * 100.0).round()).collect::<Vec<_>>(),
         "tasks_started": tasks_started,
         "task_exits": exits.len(),
@@ -420,8 +671,9 @@ async fn soak() {
         "duplicates_unexplained": unexplained.len(),
         "duplicate_details": duplicates,
         "queue_at_end": [final_counts.0, final_counts.1],
-        "processing_s": (processing_s * 10.0).round() / 10.0,
-        "total_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "processing_s": round1(processing_s),
+        "total_s": round1(started.elapsed().as_secs_f64()),
+        "memory": memory,
     });
     report_drill("soak", &report);
     assert_eq!(final_counts, (0, 0), "queue empty");
@@ -447,6 +699,17 @@ async fn soak() {
         "unexplained duplicates: {unexplained:?}"
     );
     assert_eq!(restarted.len(), restarts);
+    assert!(!mem.procs.is_empty(), "the workers' memory was read");
+    let over: Vec<(u32, u32, u64)> = mem
+        .procs
+        .iter()
+        .filter(|(_, p)| p.peak_kib > MAX_WORKER_HWM_KIB)
+        .map(|(t, p)| (*t, p.pid, p.peak_kib))
+        .collect();
+    assert!(
+        over.is_empty(),
+        "worker VmHWM above {MAX_WORKER_HWM_KIB} KiB (task, pid, KiB): {over:?}"
+    );
     let _ = std::fs::remove_dir_all(&logs);
 }
 

@@ -69,6 +69,11 @@ impl Fauxqs {
             endpoint,
         })
     }
+
+    /// The server's process id (the soak samples its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Fauxqs {
