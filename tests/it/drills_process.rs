@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::primitives::Blob;
@@ -27,7 +27,7 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 /// A `queue-worker run` child whose JSON log (stderr) goes to a file.
 pub struct Worker {
-    pub child: Child,
+    pub child: Reaped,
     pub log: PathBuf,
 }
 
@@ -63,7 +63,10 @@ pub fn spawn_worker(queue: &str, args: &[&str], dir: &Path, name: &str) -> Worke
         .stderr(file)
         .spawn()
         .expect("spawn worker");
-    Worker { child, log }
+    Worker {
+        child: Reaped(child),
+        log,
+    }
 }
 
 impl Worker {
@@ -108,21 +111,6 @@ pub fn proc_mem(pid: u32) -> Option<Mem> {
         rss_kib: kib("VmRSS:")?,
         anon_kib: kib("RssAnon:")?,
     })
-}
-
-/// Waits (bounded) for a child to exit; kills it and fails if it does not.
-pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("worker did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGTERM, then the exit status (bounded wait).
