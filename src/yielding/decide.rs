@@ -85,8 +85,9 @@ pub(crate) enum First {
     Stay,
     /// Every task of this task's group yields: no need to list them.
     YieldAll(Reason),
-    /// This many of this task's group yield: list them to see whether this task is one.
-    Choose { reason: Reason, count: u32 },
+    /// `count` of this task's group yield: list them to see whether this task is one. `of` is
+    /// how many tasks the group runs by the same facts.
+    Choose { reason: Reason, count: u32, of: u32 },
 }
 
 /// Whether `arn` ends with `family:revision` of `task_definition` (ARNs and `family:revision`
@@ -117,6 +118,7 @@ pub(crate) fn first(service: &ServiceFacts, me: &Me) -> First {
             n => First::Choose {
                 reason: Reason::Deployment,
                 count: n,
+                of: old,
             },
         };
     }
@@ -126,6 +128,7 @@ pub(crate) fn first(service: &ServiceFacts, me: &Me) -> First {
         n => First::Choose {
             reason: Reason::ScaleIn,
             count: n,
+            of: primary.running,
         },
     }
 }
@@ -154,7 +157,14 @@ fn old_to_yield(service: &ServiceFacts, primary: &Deployment, old: u32) -> u32 {
 /// The second step: of `tasks` (this task's group, desired status RUNNING), the first `count`
 /// in the fleet's order yield. Returns whether this task is one of them; `None` when this task
 /// is not in the list (the views disagree: decide again at the next look).
-pub(crate) fn chosen(tasks: &[TaskFacts], me: &Me, count: u32) -> Option<bool> {
+///
+/// `of` is the group's size when `count` was worked out. Tasks missing from the list already
+/// have ECS's stop order (`DescribeServices` still counts them as running for a while), so they
+/// count as yielded: otherwise the list's newest tasks, ones that are meant to stay, would take
+/// their place.
+pub(crate) fn chosen(tasks: &[TaskFacts], me: &Me, count: u32, of: u32) -> Option<bool> {
+    let listed = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
+    let count = count.saturating_sub(of.saturating_sub(listed));
     let mut order: Vec<&TaskFacts> = tasks.iter().collect();
     order.sort_by(|a, b| (Reverse(a.started_at), &a.arn).cmp(&(Reverse(b.started_at), &b.arn)));
     let place = order.iter().position(|t| t.arn == me.arn)?;
@@ -238,6 +248,7 @@ mod tests {
         First::Choose {
             reason: Reason::Deployment,
             count,
+            of: 2,
         }
     }
 
@@ -278,7 +289,8 @@ mod tests {
             first(&s, &me(V1)),
             First::Choose {
                 reason: Reason::ScaleIn,
-                count: 4
+                count: 4,
+                of: 8
             }
         );
         let s = service(0, 200, 100, vec![dep(true, V1, 0, 3, 0)]);
@@ -286,7 +298,8 @@ mod tests {
             first(&s, &me(V1)),
             First::Choose {
                 reason: Reason::ScaleIn,
-                count: 3
+                count: 3,
+                of: 3
             }
         );
     }
@@ -308,7 +321,7 @@ mod tests {
                     arn: tasks[*n as usize].arn.clone(),
                     task_definition: V1.into(),
                 };
-                chosen(&tasks, &me, 4).expect("listed")
+                chosen(&tasks, &me, 4, 8).expect("listed")
             })
             .collect();
         // Started 1003 (3, 7) and 1002 (2, 6) are the newest four.
@@ -322,7 +335,7 @@ mod tests {
                 task_definition: V1.into(),
             };
             assert_eq!(
-                chosen(&shuffled, &me, 4),
+                chosen(&shuffled, &me, 4, 8),
                 Some(picked.contains(&n)),
                 "task {n}"
             );
@@ -331,7 +344,34 @@ mod tests {
             arn: "arn:aws:ecs:us-east-1:1:task/c/zz".into(),
             task_definition: V1.into(),
         };
-        assert_eq!(chosen(&tasks, &stranger, 4), None);
+        assert_eq!(chosen(&tasks, &stranger, 4, 8), None);
+    }
+
+    #[test]
+    fn tasks_already_stopping_count_as_yielded_while_describe_services_lags() {
+        // DescribeServices still counts 8 running for 4 wanted, but the 4 newest already have
+        // their stop order and are gone from the list: none of the 4 listed may yield.
+        let tasks: Vec<TaskFacts> = (0..8).map(|n| task(n, 1000 + i64::from(n))).collect();
+        let stayers = &tasks[..4];
+        for t in stayers {
+            let me = Me {
+                arn: t.arn.clone(),
+                task_definition: V1.into(),
+            };
+            assert_eq!(chosen(stayers, &me, 4, 8), Some(false), "{}", t.arn);
+        }
+        // Two of the four gone: the next two newest go, the two oldest stay.
+        let six = &tasks[..6];
+        let picked: Vec<usize> = (0..6)
+            .filter(|n| {
+                let me = Me {
+                    arn: six[*n].arn.clone(),
+                    task_definition: V1.into(),
+                };
+                chosen(six, &me, 4, 8).expect("listed")
+            })
+            .collect();
+        assert_eq!(picked, vec![4, 5]);
     }
 
     #[test]

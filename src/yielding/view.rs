@@ -285,11 +285,11 @@ async fn once(api: &dyn ServiceApi, id: &Identity) -> Call<(Option<Reason>, u32)
     let verdict = match decide::first(&facts, &id.me) {
         First::Stay => None,
         First::YieldAll(reason) => Some(reason),
-        First::Choose { reason, count } => {
+        First::Choose { reason, count, of } => {
             let tasks = api.tasks(id).await?;
             let group = decide::group(&tasks, &facts, reason);
             // Not in the list: the views disagree for now; the next look decides.
-            decide::chosen(&group, &id.me, count)
+            decide::chosen(&group, &id.me, count, of)
                 .unwrap_or(false)
                 .then_some(reason)
         }
