@@ -4,8 +4,9 @@
 //!
 //! A queue has several *lanes* running this loop. The primary lane is the queue's long poll, the
 //! only one while the queue is quiet. While messages flow (a receive came back full), the extra
-//! lanes join in, each taking a whole batch of free slots before its receive is sent: with SQS a
-//! round trip away, one receive in flight can never fill more than 10 slots per round trip.
+//! lanes join in, each taking a whole batch of free slots before its receive is sent (the primary
+//! lane too, while they flow): with SQS a round trip away, one receive in flight can never fill
+//! more than 10 slots per round trip.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -98,17 +99,17 @@ async fn take_permits(sem: &Arc<Semaphore>, max: usize, busy: bool) -> Vec<Owned
     permits
 }
 
-/// Takes a whole batch of permits (an extra lane's receive asks for a full batch or nothing).
-async fn take_batch(sem: &Arc<Semaphore>) -> Vec<OwnedSemaphorePermit> {
+/// Takes a whole batch of `n` permits (while messages flow, a receive asks for a full batch).
+async fn take_batch(sem: &Arc<Semaphore>, n: usize) -> Vec<OwnedSemaphorePermit> {
     let Ok(mut batch) = sem
         .clone()
-        .acquire_many_owned(SQS_MAX_RECEIVE_BATCH as u32)
+        .acquire_many_owned(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
         .await
     else {
         return Vec::new();
     };
     // One permit per message: each job gives its own slot back when it ends.
-    let mut permits = Vec::with_capacity(SQS_MAX_RECEIVE_BATCH);
+    let mut permits = Vec::with_capacity(n);
     while batch.num_permits() > 1 {
         match batch.split(1) {
             Some(one) => permits.push(one),
@@ -214,11 +215,16 @@ impl<H: Handler> Poller<H> {
             }
             self.beat(Phase::WaitingPermits);
             let jobs_running = self.jobs_running();
+            // While messages flow, every lane's receive asks for a full batch: a short one costs
+            // a receive, and then a delete, for fewer messages.
+            let flowing = !primary || *flow.borrow_and_update();
             let take = async {
-                if primary {
+                if !flowing {
                     take_permits(&self.sem, share.batch_max(), jobs_running).await
+                } else if primary {
+                    take_batch(&self.sem, share.batch_max()).await
                 } else {
-                    take_batch(&self.sem).await
+                    take_batch(&self.sem, SQS_MAX_RECEIVE_BATCH).await
                 }
             };
             let mut flow_stops = self.flow.0.subscribe();
@@ -227,8 +233,9 @@ impl<H: Handler> Poller<H> {
                 _ = self.shutdown.cancelled() => break,
                 // A yield that starts while every slot is busy: take no slot.
                 _ = yield_rx.changed() => continue,
-                // An extra lane waiting for a batch of slots when the flow stops: park.
-                _ = flow_stops.wait_for(|f| !f), if !primary => continue,
+                // Waiting for a batch of slots when the flow stops: an extra lane parks, the
+                // primary lane takes what is free.
+                _ = flow_stops.wait_for(|f| !f), if flowing => continue,
             };
             if permits.is_empty() {
                 break;
