@@ -4,12 +4,12 @@
 Usage: scripts/check_iam_actions.py [--cdk-template FILE] [--print-calls]
 
 The worker's call sites are read from src/**/*.rs, leaving out the operator-side commands
-(src/send.rs, src/ecs_cmd.rs, everything under src/cli/) and test code (#[cfg(test)] modules):
+(everything under src/cli/) and test code (#[cfg(test)] modules):
   - AWS SDK fluent calls, `.receive_message()`, `.update_task_protection()`, ... (any operation of
     an aws-sdk-* crate the package depends on; the operation list is read from the crate's
     source, so a call to an operation missing from ACTIONS below fails the check);
   - the direct client's operations, `.call("ReceiveMessage", ...)` in a file that builds an
-    `x-amz-target` of `Amazon<Service>.{op}` (src/sqs_wire.rs);
+    `x-amz-target` of `Amazon<Service>.{op}` (src/sqs/direct/mod.rs);
   - the ECS agent's task-protection endpoint (`task-protection/v1/state`): a PUT is
     UpdateTaskProtection, a GET GetTaskProtection, made by the agent with the task role.
 Each call maps to the IAM action that authorizes it (a Batch call authorizes as its single
@@ -41,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 # Operator-side command code: it runs on a laptop with the operator's credentials, not in a task.
-EXCLUDED = ("src/send.rs", "src/ecs_cmd.rs", "src/cli/")
+EXCLUDED = ("src/cli/",)
 
 # (service, operation) -> the IAM actions that authorize it. Extend it when the worker calls
 # something new (check the service authorization reference for the action and its resources).
@@ -461,7 +461,7 @@ def main() -> int:
     calls, unmapped = worker_calls()
     if unmapped:
         return fail("call sites without a mapping", unmapped, 2)
-    print("AWS actions the worker calls (from src/, without src/send.rs, src/ecs_cmd.rs, src/cli/):")
+    print("AWS actions the worker calls (from src/, without src/cli/):")
     by_action: dict[str, list[Call]] = {}
     for c in calls:
         for a in c.actions:

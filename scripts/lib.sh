@@ -29,3 +29,17 @@ find_worker() {
         die "queue-worker binary not found; run 'cargo build --release' or set QUEUE_WORKER"
     fi
 }
+
+# The Copilot names the deployment scripts share, with their defaults.
+# shellcheck disable=SC2034  # read by the scripts that source this file
+app=queue-worker-demo env_name=test name=queue-worker
+# copilot_name OPTION VALUE: set app, env_name or name from --app, --env or --name; status 1 for
+# any other option (the caller then handles it; on success it shifts 2)
+copilot_name() {
+    case "$1" in
+        --app) app="${2:?--app needs a value}" ;;
+        --env) env_name="${2:?--env needs a value}" ;;
+        --name) name="${2:?--name needs a value}" ;;
+        *) return 1 ;;
+    esac
+}

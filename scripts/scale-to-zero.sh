@@ -15,16 +15,11 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-app=queue-worker-demo
-env_name="test"
-name=queue-worker
 extra_args=()
 
 while (($#)); do
+    if copilot_name "$@"; then shift 2; continue; fi
     case "$1" in
-        --app) app="${2:?--app needs a value}"; shift 2 ;;
-        --env) env_name="${2:?--env needs a value}"; shift 2 ;;
-        --name) name="${2:?--name needs a value}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; extra_args=("$@"); break ;;
         *) usage >&2; die "unknown argument: $1" ;;

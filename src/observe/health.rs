@@ -133,14 +133,19 @@ impl Health {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn one_wedged_poller_makes_the_worker_unhealthy() {
-        let h = Health::for_pollers(
-            2,
+    /// `n` pollers: a 20 s long poll, a 5 s idle window and 30 s of grace.
+    fn pollers(n: usize) -> Health {
+        Health::for_pollers(
+            n,
             Duration::from_secs(20),
             Duration::from_secs(5),
             Duration::from_secs(30),
-        );
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_wedged_poller_makes_the_worker_unhealthy() {
+        let h = pollers(2);
         h.set_for(0, Phase::Receiving);
         h.set_for(1, Phase::Receiving);
         tokio::time::sleep(Duration::from_secs(40)).await;
@@ -161,12 +166,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_wedged_poller_is_named() {
-        let h = Health::for_pollers(
-            3,
-            Duration::from_secs(20),
-            Duration::from_secs(5),
-            Duration::from_secs(30),
-        );
+        let h = pollers(3);
         h.set_for(0, Phase::Receiving);
         h.set_for(1, Phase::WaitingProtection);
         h.set_for(2, Phase::Receiving);

@@ -284,24 +284,15 @@ mod tests {
 
     #[test]
     fn scale_in_chooses_exactly_the_excess() {
-        let s = service(4, 200, 100, vec![dep(true, V1, 4, 8, 0)]);
-        assert_eq!(
-            first(&s, &me(V1)),
-            First::Choose {
+        for (desired, running, count) in [(4, 8, 4), (0, 3, 3)] {
+            let s = service(desired, 200, 100, vec![dep(true, V1, desired, running, 0)]);
+            let want = First::Choose {
                 reason: Reason::ScaleIn,
-                count: 4,
-                of: 8
-            }
-        );
-        let s = service(0, 200, 100, vec![dep(true, V1, 0, 3, 0)]);
-        assert_eq!(
-            first(&s, &me(V1)),
-            First::Choose {
-                reason: Reason::ScaleIn,
-                count: 3,
-                of: 3
-            }
-        );
+                count,
+                of: running,
+            };
+            assert_eq!(first(&s, &me(V1)), want, "{running} -> {desired}");
+        }
     }
 
     fn task(n: u32, started: i64) -> TaskFacts {

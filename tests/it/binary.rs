@@ -295,21 +295,17 @@ async fn drain_and_resume_by_command_and_by_signal() {
         how();
         std::thread::sleep(Duration::from_millis(1500));
     };
+    let command = |verb: &'static str| {
+        let addr = addr.clone();
+        Box::new(move || {
+            let out = worker(&[verb, "--metrics-addr", &addr])
+                .output()
+                .expect(verb);
+            assert!(out.status.success(), "{verb}: {out:?}");
+        }) as Box<dyn Fn()>
+    };
     for (drain, resume) in [
-        (
-            Box::new(|| {
-                let out = worker(&["drain", "--metrics-addr", &addr])
-                    .output()
-                    .expect("drain");
-                assert!(out.status.success(), "{out:?}");
-            }) as Box<dyn Fn()>,
-            Box::new(|| {
-                let out = worker(&["resume", "--metrics-addr", &addr])
-                    .output()
-                    .expect("resume");
-                assert!(out.status.success(), "{out:?}");
-            }) as Box<dyn Fn()>,
-        ),
+        (command("drain"), command("resume")),
         (
             Box::new(|| signal("-USR1")) as Box<dyn Fn()>,
             Box::new(|| signal("-USR2")) as Box<dyn Fn()>,

@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use queue_worker::{handler_fn, Job, Outcome, Protector};
 
 use crate::ecs::Moto;
@@ -93,17 +92,7 @@ async fn a_standard_queues_group_runs_in_parallel() {
 async fn a_fifo_queues_group_runs_in_order_one_at_a_time() {
     let moto = Moto::start();
     let c = moto_sqs(&moto);
-    let name = format!("{}.fifo", unique("fifo-group"));
-    let q = c
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
-        .send()
-        .await
-        .ok()
-        .and_then(|o| o.queue_url)
-        .expect("fifo queue");
+    let q = create_fifo_queue(&c, "fifo-group").await;
     let runs = run_four(&moto, &c, &q).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
     let bodies: Vec<&str> = runs.iter().map(|r| r.1.as_str()).collect();

@@ -88,6 +88,19 @@ pub async fn create_queue(
         .expect("queue url")
 }
 
+/// A FIFO queue with content-based deduplication.
+pub async fn create_fifo_queue(c: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    c.create_queue()
+        .queue_name(format!("{}.fifo", unique(prefix)))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+        .send()
+        .await
+        .expect("create fifo queue")
+        .queue_url
+        .expect("queue url")
+}
+
 pub async fn queue_arn(c: &aws_sdk_sqs::Client, url: &str) -> String {
     let out = c
         .get_queue_attributes()
@@ -139,6 +152,12 @@ pub async fn send_bodies<S: AsRef<str>>(
 }
 
 /// (visible, in flight) counts of a queue.
+/// Messages still in the queue, visible or in flight.
+pub async fn still_queued(c: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    let (visible, in_flight) = counts(c, url).await;
+    visible + in_flight
+}
+
 pub async fn counts(c: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
     let out = c
         .get_queue_attributes()

@@ -948,14 +948,17 @@ mod tests {
         client.get(state_url(task)).send().await.expect("GET")
     }
 
-    async fn json_of(resp: reqwest::Response) -> (u16, Value) {
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
+    fn content_type(resp: &reqwest::Response) -> String {
+        resp.headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
-            .to_owned();
+            .to_owned()
+    }
+
+    async fn json_of(resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let content_type = content_type(&resp);
         assert!(
             content_type.starts_with("application/json"),
             "{content_type}"
@@ -1111,12 +1114,7 @@ mod tests {
         task.push_replies([Reply::PlainText429]);
         let resp = get_state(&client, &task).await;
         assert_eq!(resp.status().as_u16(), 429);
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type = content_type(&resp);
         assert!(content_type.starts_with("text/plain"), "{content_type}");
         let text = resp.text().await.expect("body");
         assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
@@ -1197,15 +1195,19 @@ mod tests {
         double.shutdown().await;
     }
 
+    async fn get_metadata(client: &reqwest::Client, task: &TaskEndpoint) -> reqwest::Response {
+        client
+            .get(format!("{}/task", task.metadata_uri()))
+            .send()
+            .await
+            .expect("GET metadata")
+    }
+
     #[tokio::test]
     async fn metadata_task_endpoint_reports_cluster_and_arn() {
         let (double, task, client) = start().await;
         task.push_replies([Reply::Hang]); // scripts are for protection requests only
-        let resp = client
-            .get(format!("{}/task", task.metadata_uri()))
-            .send()
-            .await
-            .expect("GET metadata");
+        let resp = get_metadata(&client, &task).await;
         let (status, json) = json_of(resp).await;
         assert_eq!(status, 200);
         assert_eq!(json["Cluster"], CLUSTER);
@@ -1228,11 +1230,7 @@ mod tests {
             m.desired_status = "STOPPED".to_owned();
             m.service_name = Some("svc".to_owned());
         });
-        let resp = client
-            .get(format!("{}/task", task.metadata_uri()))
-            .send()
-            .await
-            .expect("GET metadata");
+        let resp = get_metadata(&client, &task).await;
         let (_, json) = json_of(resp).await;
         assert_eq!(json["Revision"], "2");
         assert_eq!(json["DesiredStatus"], "STOPPED");

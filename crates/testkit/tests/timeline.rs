@@ -16,11 +16,9 @@ fn python() -> Command {
     c
 }
 
-#[test]
-fn python_unit_tests_of_the_renderer_pass() {
-    let out = python()
-        .args(["-m", "unittest", "discover", "-s", "tests/timeline"])
-        .current_dir(repo_root())
+/// Runs `cmd` to the end; fails the test with its output unless it exits 0. Returns stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
         .output()
         .expect("python3 runs (the renderer needs Python 3)");
     assert!(
@@ -28,6 +26,16 @@ fn python_unit_tests_of_the_renderer_pass() {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn python_unit_tests_of_the_renderer_pass() {
+    run_ok(
+        python()
+            .args(["-m", "unittest", "discover", "-s", "tests/timeline"])
+            .current_dir(repo_root()),
     );
 }
 
@@ -74,39 +82,29 @@ async fn a_local_ecs_run_is_drawn_with_one_lane_per_task() {
         .expect("local-ecs shuts down");
 
     let svg = dir.join("timeline.svg");
-    let out = python()
-        .arg(repo_root().join("scripts/timeline.py"))
-        .arg("--events")
-        .arg(&events)
-        .arg("--logs")
-        .arg(&logs)
-        .arg("--out")
-        .arg(&svg)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        python()
+            .arg(repo_root().join("scripts/timeline.py"))
+            .arg("--events")
+            .arg(&events)
+            .arg("--logs")
+            .arg(&logs)
+            .arg("--out")
+            .arg(&svg),
     );
     // Count lanes and markers with Python's XML parser (the SVG must parse).
-    let count = python()
-        .arg("-c")
-        .arg(
-            "import sys, xml.etree.ElementTree as E\n\
-             r = E.parse(sys.argv[1]).getroot()\n\
-             c = lambda k: sum(1 for e in r.iter() if k in (e.get('class') or '').split())\n\
-             print(c('lane'), c('marker'), c('exit'))",
-        )
-        .arg(&svg)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        count.status.success(),
-        "{}",
-        String::from_utf8_lossy(&count.stderr)
+    let count = run_ok(
+        python()
+            .arg("-c")
+            .arg(
+                "import sys, xml.etree.ElementTree as E\n\
+                 r = E.parse(sys.argv[1]).getroot()\n\
+                 c = lambda k: sum(1 for e in r.iter() if k in (e.get('class') or '').split())\n\
+                 print(c('lane'), c('marker'), c('exit'))",
+            )
+            .arg(&svg),
     );
     // 4 tasks (2 of each revision), markers: deploy, rev 2 deployed, desired 2→0; 4 exits.
-    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "4 3 4");
+    assert_eq!(count.trim(), "4 3 4");
     let _ = std::fs::remove_dir_all(&dir);
 }
