@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Command, FromArgMatches};
 
 use super::parse::{
-    self, addr, count, duration, one_of, optional, topic_queues, url, Maybe, WHOLE_MINUTES,
-    WHOLE_SECONDS,
+    self, addr, count, count_or_zero, duration, one_of, optional, topic_queues, url, Maybe,
+    WHOLE_MINUTES, WHOLE_SECONDS,
 };
 use super::{
     Config, ConfigError, DeadLetterConfig, EcsViewConfig, ProtectMode, ProtectionBackendKind,
@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// Most jobs running at once.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value = "10", value_parser = count(10_000))]
     concurrency: u64,
+
+    /// Messages received ahead of free job slots, over every queue: they wait (visibility
+    /// extended, protected) for a slot. Hides the receive round trip when SQS is far away. 0: a
+    /// message is only ever received into a free slot.
+    #[arg(long, env = "WORKER_PREFETCH", default_value = "0", value_parser = count_or_zero(10_000))]
+    prefetch: u64,
 
     /// Long-poll wait of each receive (0s..=20s).
     #[arg(long, env = "WORKER_WAIT_TIME", default_value = "20s", value_parser = duration(ZERO, SQS_MAX_WAIT, WHOLE_SECONDS))]
@@ -345,6 +351,7 @@ impl RunArgs {
             queue_url,
             extra_queue_urls: queue_urls,
             concurrency: self.concurrency as usize,
+            prefetch: self.prefetch as usize,
             wait_time: self.wait_time,
             visibility_timeout: self.visibility_timeout,
             shutdown_timeout: self.shutdown_timeout,
@@ -419,6 +426,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(c.concurrency, 10);
+        assert_eq!(c.prefetch, 0);
         assert_eq!(c.wait_time, Duration::from_secs(20));
         assert_eq!(c.visibility_timeout, Duration::from_secs(60));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
@@ -524,6 +532,10 @@ mod tests {
             (
                 &[q[0], q[1], "--concurrency", "0"],
                 "--concurrency / WORKER_CONCURRENCY",
+            ),
+            (
+                &[q[0], q[1], "--prefetch", "many"],
+                "--prefetch / WORKER_PREFETCH",
             ),
             (
                 &[q[0], q[1], "--protection-duration", "90s"],

@@ -101,6 +101,8 @@ pub struct Config {
     pub extra_queue_urls: Vec<String>,
     /// Most jobs at once, over every queue.
     pub concurrency: usize,
+    /// Messages received ahead of free job slots, over every queue (0: none).
+    pub prefetch: usize,
     /// Long-poll wait of each receive.
     pub wait_time: Duration,
     /// Visibility timeout asked for on receive; extended while a job runs.

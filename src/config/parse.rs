@@ -168,6 +168,16 @@ pub(crate) fn count(
     })
 }
 
+/// A whole number from 0 to `max`.
+pub(crate) fn count_or_zero(
+    max: u64,
+) -> Parse<u64, impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync> {
+    parser(move |raw: &str| match raw.trim().parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("\"{raw}\" must be a whole number from 0 to {max}")),
+    })
+}
+
 /// Checks an http(s) URL (without a trailing slash).
 pub(crate) fn url_text(raw: &str) -> Result<String, String> {
     let url = raw.trim();

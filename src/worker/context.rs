@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::RunningJobs;
@@ -25,6 +25,10 @@ pub(super) struct Shared<H> {
     pub running: Arc<RunningJobs>,
     pub health: Arc<Health>,
     pub durations: Arc<JobDurations>,
+    /// With prefetch: the job slots a received message waits for (receives take slots of a
+    /// larger budget, the concurrency plus the prefetch). `None`: every received message has its
+    /// slot already.
+    pub run_slots: Option<Arc<Semaphore>>,
 }
 
 /// One consumed queue and its helpers.

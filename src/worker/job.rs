@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::context::{Queue, Shared};
@@ -16,6 +17,7 @@ use crate::handler::{unwrap_sns, Handler, Job, Outcome};
 use crate::sqs::Received;
 use crate::stats::Stats;
 use crate::sync::sleep_until_opt;
+use crate::yielding::Yielding;
 
 /// How long a timed-out job's handler gets to stop after its cancel token fires.
 const JOB_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -25,6 +27,41 @@ const DEADLINE_STOP_GRACE: Duration = Duration::from_millis(500);
 /// The span every line of a job is logged in.
 pub(super) fn span(msg: &Received) -> tracing::Span {
     tracing::info_span!("job", message_id = %msg.message_id, receive_count = msg.receive_count)
+}
+
+/// How a received message waits for a job slot. Without prefetch it has one already; with it, a
+/// message received ahead of a free slot waits, and goes back to the queue at once if the worker
+/// shuts down or yields first (it never started, so nothing is cut short).
+#[derive(Clone)]
+pub(super) struct Turn {
+    pub slots: Option<Arc<Semaphore>>,
+    pub shutdown: CancellationToken,
+    pub yielding: Arc<Yielding>,
+}
+
+impl Turn {
+    /// `Some` (with the slot's permit when slots are counted) when the job may start; `None` when
+    /// the worker shuts down or yields first.
+    async fn wait(&self) -> Option<Option<OwnedSemaphorePermit>> {
+        let Some(slots) = &self.slots else {
+            return Some(None);
+        };
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            return Some(Some(p));
+        }
+        let mut yielding = self.yielding.subscribe();
+        let yields = async {
+            if yielding.wait_for(Option::is_some).await.is_err() {
+                // No yield can start any more: only a slot or shutdown ends the wait.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok().map(Some),
+            _ = self.shutdown.cancelled() => None,
+            _ = yields => None,
+        }
+    }
 }
 
 /// What happened to a job, for the finishing step.
@@ -57,11 +94,12 @@ pub(super) async fn run_group<H: Handler>(
     queue: Arc<Queue>,
     group: Vec<(Received, OwnedSemaphorePermit)>,
     keys: Vec<u64>,
+    turn: Turn,
 ) {
     let mut rest = group.into_iter().zip(keys);
     while let Some(((msg, permit), key)) = rest.next() {
         let span = span(&msg);
-        let ok = run_job(shared.clone(), &queue, msg, key)
+        let ok = run_job(shared.clone(), &queue, msg, key, &turn)
             .instrument(span)
             .await;
         drop(permit);
@@ -91,7 +129,22 @@ pub(super) async fn run_job<H: Handler>(
     queue: &Queue,
     msg: Received,
     key: u64,
+    turn: &Turn,
 ) -> bool {
+    let Some(_slot) = turn.wait().await else {
+        queue.keeper.untrack(key);
+        tracing::info!(
+            "shutting down or yielding: returning a prefetched message that never started"
+        );
+        Box::pin(
+            shared
+                .sqs
+                .return_now(&queue.url, std::slice::from_ref(&msg)),
+        )
+        .await;
+        shared.running.done(1);
+        return false;
+    };
     Stats::add(&shared.sqs.counters().jobs_started, 1);
     let started = Instant::now();
     // Debug only: one info line per job ("done"/"failed") is what operators read, and each line

@@ -238,13 +238,14 @@ async fn run_inner<H: Handler>(
         running,
         health,
         durations,
+        run_slots: (config.prefetch > 0).then(|| Arc::new(Semaphore::new(config.concurrency))),
     });
     let jobs = TaskTracker::new();
     let abandon_poll = CancellationToken::new();
     let protector = Arc::new(protector);
     // Each queue has one primary lane (its long poll) and, while messages flow, more lanes so
     // that enough receives are in flight to fill the free slots when SQS is a round trip away.
-    let lanes_per_queue = lanes_for(config.concurrency);
+    let lanes_per_queue = lanes_for(config.concurrency + config.prefetch);
     let demand = Arc::new(Demand::new(
         protector.clone(),
         queues.len() * lanes_per_queue,
@@ -266,8 +267,10 @@ async fn run_inner<H: Handler>(
         let (yielding, stop) = (yielding.clone(), keeper_stop.clone());
         helpers.spawn(async move { yielding::view::run(ecs, view, &yielding, stop).await });
     }
-    // One budget for all queues: the semaphore hands out permits first come, first served.
-    let sem = Arc::new(Semaphore::new(config.concurrency));
+    // One budget for all queues: the semaphore hands out permits first come, first served. A
+    // message holds its permit from before its receive until its job ends; with prefetch the
+    // budget is larger than the job slots, and a message may wait for one of those.
+    let sem = Arc::new(Semaphore::new(config.concurrency + config.prefetch));
     let control = TaskTracker::new();
     let pollers = queues.len();
     let active = Arc::new(AtomicUsize::new(pollers));

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::context::{Queue, Shared};
 use super::demand::Demand;
-use super::job::{self, fifo_groups, run_group, run_job};
+use super::job::{self, fifo_groups, run_group, run_job, Turn};
 use super::policy::{ProtectPolicy, WhenEmpty};
 use crate::backoff::Backoff;
 use crate::handler::Handler;
@@ -189,7 +189,7 @@ impl<H: Handler> Poller<H> {
         let mut policy = ProtectPolicy::new(cfg.protection.mode, protector.is_enabled());
         let mut share = FairShare {
             pollers: self.pollers,
-            concurrency: cfg.concurrency,
+            concurrency: cfg.concurrency + cfg.prefetch,
             active: self.active.clone(),
             quiet: false,
         };
@@ -331,6 +331,15 @@ impl<H: Handler> Poller<H> {
         tracing::debug!(queue_url = url, "poll loop stopped");
     }
 
+    /// How this poller's messages wait for a job slot (with prefetch).
+    fn turn(&self) -> Turn {
+        Turn {
+            slots: self.shared.run_slots.clone(),
+            shutdown: self.shutdown.clone(),
+            yielding: self.yielding.clone(),
+        }
+    }
+
     fn jobs_running(&self) -> bool {
         self.shared.running.any()
     }
@@ -454,16 +463,23 @@ impl<H: Handler> Poller<H> {
             // different groups run in parallel.
             for group in fifo_groups(batch) {
                 let keys = group.iter().map(|(m, _)| queue.keeper.track(m)).collect();
-                self.jobs
-                    .spawn(run_group(shared.clone(), queue.clone(), group, keys));
+                self.jobs.spawn(run_group(
+                    shared.clone(),
+                    queue.clone(),
+                    group,
+                    keys,
+                    self.turn(),
+                ));
             }
         } else {
             for (msg, permit) in batch {
                 let key = queue.keeper.track(&msg);
                 let span = job::span(&msg);
-                let (shared, queue) = (shared.clone(), queue.clone());
+                let (shared, queue, turn) = (shared.clone(), queue.clone(), self.turn());
                 self.jobs.spawn(async move {
-                    run_job(shared, &queue, msg, key).instrument(span).await;
+                    run_job(shared, &queue, msg, key, &turn)
+                        .instrument(span)
+                        .await;
                     drop(permit)
                 });
             }

@@ -10,6 +10,7 @@ mod fair;
 mod handlers;
 mod latency;
 mod local_ecs;
+mod prefetch;
 mod queues;
 mod soak;
 mod support;

@@ -10,23 +10,6 @@ use crate::support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// Most jobs that ran at the same moment, from the recorded start and end times.
-fn peak_overlap(seen: &[Seen]) -> usize {
-    let mut edges: Vec<(SystemTime, i32)> = Vec::new();
-    for s in seen {
-        edges.push((s.started, 1));
-        edges.push((s.ended.unwrap_or_else(SystemTime::now), -1));
-    }
-    // Ends before starts at the same instant: a slot freed and reused is not an overlap.
-    edges.sort_by_key(|&(t, d)| (t, d));
-    let (mut now, mut peak) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        peak = peak.max(now);
-    }
-    peak as usize
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_queues_share_one_budget_fairly_and_each_message_runs_once() {
     let c = client();

@@ -152,6 +152,31 @@ pub async fn send_bodies<S: AsRef<str>>(
 }
 
 /// (visible, in flight) counts of a queue.
+/// The most spans (start, end) that overlap at one moment. Ends sort before starts at the same
+/// instant: a slot freed and reused at once is not an overlap.
+pub fn most_at_once<T: Ord + Copy>(spans: impl IntoIterator<Item = (T, T)>) -> usize {
+    let mut edges: Vec<(T, i32)> = Vec::new();
+    for (start, end) in spans {
+        edges.push((start, 1));
+        edges.push((end, -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// The most recorded jobs that ran at one moment (a job still running counts until now).
+pub fn peak_overlap(seen: &[Seen]) -> usize {
+    most_at_once(
+        seen.iter()
+            .map(|s| (s.started, s.ended.unwrap_or_else(SystemTime::now))),
+    )
+}
+
 /// Messages still in the queue, visible or in flight.
 pub async fn still_queued(c: &aws_sdk_sqs::Client, url: &str) -> u64 {
     let (visible, in_flight) = counts(c, url).await;

@@ -103,18 +103,12 @@ fn yields(f: &Fleet) -> BTreeMap<u32, Vec<(Instant, Option<Instant>)>> {
 
 /// The most tasks yielding at one moment.
 fn most_yielding_at_once(spans: &BTreeMap<u32, Vec<(Instant, Option<Instant>)>>) -> usize {
-    let mut edges: Vec<(Instant, i32)> = Vec::new();
-    for s in spans.values().flatten() {
-        edges.push((s.0, 1));
-        edges.push((s.1.unwrap_or_else(Instant::now), -1));
-    }
-    edges.sort();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
+    most_at_once(
+        spans
+            .values()
+            .flatten()
+            .map(|s| (s.0, s.1.unwrap_or_else(Instant::now))),
+    )
 }
 
 /// DescribeServices calls of the busiest task in the last `over` (local-ecs's clock), against
