@@ -158,24 +158,31 @@ pub(crate) const WHOLE_MINUTES: Option<(Duration, &str)> = Some((
     "whole minutes (the agent counts in minutes)",
 ));
 
+/// A whole number from `min` to `max`.
+fn whole_number(
+    min: u64,
+    max: u64,
+) -> Parse<u64, impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync> {
+    parser(move |raw: &str| match raw.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "\"{raw}\" must be a whole number from {min} to {max}"
+        )),
+    })
+}
+
 /// A whole number from 1 to `max`.
 pub(crate) fn count(
     max: u64,
 ) -> Parse<u64, impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync> {
-    parser(move |raw: &str| match raw.trim().parse::<u64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("\"{raw}\" must be a whole number from 1 to {max}")),
-    })
+    whole_number(1, max)
 }
 
 /// A whole number from 0 to `max`.
 pub(crate) fn count_or_zero(
     max: u64,
 ) -> Parse<u64, impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync> {
-    parser(move |raw: &str| match raw.trim().parse::<u64>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(format!("\"{raw}\" must be a whole number from 0 to {max}")),
-    })
+    whole_number(0, max)
 }
 
 /// Checks an http(s) URL (without a trailing slash).

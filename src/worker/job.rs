@@ -49,17 +49,10 @@ impl Turn {
         if let Ok(p) = slots.clone().try_acquire_owned() {
             return Some(Some(p));
         }
-        let mut yielding = self.yielding.subscribe();
-        let yields = async {
-            if yielding.wait_for(Option::is_some).await.is_err() {
-                // No yield can start any more: only a slot or shutdown ends the wait.
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
             p = slots.clone().acquire_owned() => p.ok().map(Some),
             _ = self.shutdown.cancelled() => None,
-            _ = yields => None,
+            _ = self.yielding.begun() => None,
         }
     }
 }
@@ -110,16 +103,29 @@ pub(super) async fn run_group<H: Handler>(
                     count = left.len(),
                     "returning the rest of the message group so its order holds"
                 );
-                for (_, key) in &left {
-                    queue.keeper.untrack(*key);
-                }
-                let msgs: Vec<Received> = left.iter().map(|((m, _), _)| m.clone()).collect();
-                shared.sqs.return_now(&queue.url, &msgs).await;
-                shared.running.done(left.len());
+                // Their slots are held (in `left`) until they are back in the queue.
+                let (msgs, keys): (Vec<Received>, Vec<u64>) =
+                    left.iter().map(|((m, _), key)| (m.clone(), *key)).unzip();
+                return_unstarted(&shared, &queue, &msgs, &keys).await;
             }
             return;
         }
     }
+}
+
+/// Messages counted as running (tracked under `keys`) whose jobs never started: back to the
+/// queue at once.
+async fn return_unstarted<H: Handler>(
+    shared: &Shared<H>,
+    queue: &Queue,
+    msgs: &[Received],
+    keys: &[u64],
+) {
+    for key in keys {
+        queue.keeper.untrack(*key);
+    }
+    shared.sqs.return_now(&queue.url, msgs).await;
+    shared.running.done(msgs.len());
 }
 
 /// Runs one job (its message already tracked under `key`) and settles its message: delete,
@@ -132,17 +138,16 @@ pub(super) async fn run_job<H: Handler>(
     turn: &Turn,
 ) -> bool {
     let Some(_slot) = turn.wait().await else {
-        queue.keeper.untrack(key);
         tracing::info!(
             "shutting down or yielding: returning a prefetched message that never started"
         );
-        Box::pin(
-            shared
-                .sqs
-                .return_now(&queue.url, std::slice::from_ref(&msg)),
-        )
+        Box::pin(return_unstarted(
+            &shared,
+            queue,
+            std::slice::from_ref(&msg),
+            &[key],
+        ))
         .await;
-        shared.running.done(1);
         return false;
     };
     Stats::add(&shared.sqs.counters().jobs_started, 1);

@@ -427,10 +427,9 @@ impl<H: Handler> Poller<H> {
             self.shared.config.visibility_timeout / 2,
             protector.wait_covered(&self.shutdown, until),
         );
-        let mut yield_rx = self.yielding.subscribe();
         let waited = tokio::select! {
             w = wait => w,
-            _ = async { let _ = yield_rx.wait_for(Option::is_some).await.map(|_| ()); } => {
+            _ = self.yielding.begun() => {
                 self.shared.sqs.return_now(url, messages).await;
                 return Covered::Returned;
             }

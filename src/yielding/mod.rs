@@ -123,6 +123,12 @@ impl Yielding {
         self.tx.subscribe()
     }
 
+    /// Returns once the worker yields (at once if it already does).
+    pub(crate) async fn begun(&self) {
+        // The sender lives in `self`, so the wait cannot fail for want of one.
+        let _ = self.tx.subscribe().wait_for(Option::is_some).await;
+    }
+
     /// Yields started so far, by reason.
     pub(crate) fn started(&self) -> Vec<(Reason, u64)> {
         REASONS

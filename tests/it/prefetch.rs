@@ -43,12 +43,8 @@ async fn prefetched_messages_run_once_and_never_beyond_the_concurrency() {
         "each message started exactly once: {starts:?}"
     );
     assert_eq!(snap.messages_deleted, 40);
-    let seen = rec.seen();
-    assert!(
-        peak_overlap(&seen) <= 4,
-        "at most 4 jobs at once, saw {}",
-        peak_overlap(&seen)
-    );
+    let peak = peak_overlap(&rec.seen());
+    assert!(peak <= 4, "at most 4 jobs at once, saw {peak}");
     assert!(
         most_held > 4 && most_held <= 10,
         "held beyond the 4 slots, within 4 + 6: {most_held}"

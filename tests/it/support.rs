@@ -151,7 +151,6 @@ pub async fn send_bodies<S: AsRef<str>>(
     ids
 }
 
-/// (visible, in flight) counts of a queue.
 /// The most spans (start, end) that overlap at one moment. Ends sort before starts at the same
 /// instant: a slot freed and reused at once is not an overlap.
 pub fn most_at_once<T: Ord + Copy>(spans: impl IntoIterator<Item = (T, T)>) -> usize {
@@ -183,6 +182,7 @@ pub async fn still_queued(c: &aws_sdk_sqs::Client, url: &str) -> u64 {
     visible + in_flight
 }
 
+/// (visible, in flight) counts of a queue.
 pub async fn counts(c: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
     let out = c
         .get_queue_attributes()
